@@ -1,0 +1,278 @@
+"""The ``decorrelate`` effect handler: conditional affine reparameterization of a NumPyro model.
+
+Usage::
+
+    import reparam
+    decorrelated = reparam.decorrelate(model, {"a": ["mu"], "A": ["a", "z"]})
+
+The model code is unchanged. Each configured child site ``x`` is replaced by an auxiliary sample
+site ``f"{x}_decorrelated"`` (real support) holding ``u`` of :mod:`reparam.family`, and the
+original site becomes deterministic with its value in model coordinates, so ``Predictive``,
+posterior samples and downstream code see the same names as the plain model. Parents are read
+by name from the values already sampled in the same trace. Coefficients are
+``numpyro.param`` sites named ``f"{x}_shift_{parent}"`` and ``f"{x}_within"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jax.numpy as jnp
+import numpyro
+import numpyro.distributions as dist
+from jax import Array
+from numpyro.distributions import biject_to, constraints
+from numpyro.primitives import Messenger
+
+from reparam.family import (
+    ChildFamily,
+    ParentCoupling,
+    Structure,
+    aux_to_model,
+    model_to_aux,
+    rotate_site,
+)
+from reparam.layout import SiteLayout, site_layout, unconstrain
+from reparam.rotations import get_rotation
+
+AUX_SUFFIX = "_decorrelated"
+
+
+@dataclass(frozen=True)
+class Affine:
+    """Configuration of one child site.
+
+    Attributes:
+        parents: names of earlier sites the child is shifted by.
+        within: couple the child with itself along the sequence axis (lower-triangular).
+    """
+
+    parents: tuple[str, ...] = ()
+    within: bool = True
+
+
+ConfigEntry = "Sequence[str] | Affine"
+ConfigLike = Mapping[str, ConfigEntry] | Callable[[str], "ConfigEntry | None"]
+
+
+def _as_affine(name: str, entry: Any) -> Affine:
+    if isinstance(entry, Affine):
+        return entry
+    if isinstance(entry, str) or not isinstance(entry, Sequence):
+        raise TypeError(
+            f"Config entry for {name!r} must be a list of parent site names or a "
+            f"reparam.Affine, got {entry!r}."
+        )
+    return Affine(parents=tuple(entry))
+
+
+class _AuxiliaryPrior(dist.Distribution):
+    """Density of ``u`` given the parents: ``p(u) = p_x(x(u))`` (unit Jacobian).
+
+    ``base`` is the child's prior in (unconstrained) model coordinates; ``to_model`` and
+    ``to_aux`` are the exact inverse pair between ``u`` and those coordinates.
+    """
+
+    support = constraints.real
+
+    def __init__(self, base: dist.Distribution, to_model: Callable, to_aux: Callable):
+        self.base = base
+        self.to_model = to_model
+        self.to_aux = to_aux
+        super().__init__(base.batch_shape, base.event_shape)
+
+    def sample(self, key: Array, sample_shape: tuple[int, ...] = ()) -> Array:
+        return self.to_aux(self.base.sample(key, sample_shape))
+
+    def log_prob(self, value: Array) -> Array:
+        return self.base.log_prob(self.to_model(value))
+
+
+class DecorrelateMessenger(Messenger):
+    """Effect handler that applies conditional affine reparameterizations.
+
+    Args:
+        fn: the model.
+        config: child name -> parent names (or :class:`Affine`), or a callable taking a site
+            name and returning one of those or ``None``.
+        rotate: axis name -> rotation name, applied to every involved site having that axis.
+        sequence: name of the axis coupled within sites and banded across sites.
+        band: largest lag coupled along ``sequence`` (``None``: all lags).
+        dims: site name -> one axis name per axis of the site's value (overrides plate names).
+    """
+
+    def __init__(
+        self,
+        fn: Callable | None = None,
+        config: ConfigLike | None = None,
+        *,
+        rotate: Mapping[str, str] | None = None,
+        sequence: str | None = None,
+        band: int | None = None,
+        dims: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
+        if config is None or not (isinstance(config, Mapping) or callable(config)):
+            raise TypeError("config must be a dict {child: [parents]} or a callable.")
+        if band is not None and (not isinstance(band, int) or band < 0):
+            raise ValueError(f"band must be a non-negative int or None, got {band!r}.")
+        for rotation in (rotate or {}).values():
+            get_rotation(rotation)
+        self.config = config
+        self.structure = Structure(
+            rotations=tuple(sorted((rotate or {}).items())), sequence=sequence, band=band
+        )
+        self.dims = dict(dims or {})
+        self._layouts: dict[str, SiteLayout] = {}
+        self._rotated: dict[str, Array] = {}
+        self._values: dict[str, Array] = {}
+        super().__init__(fn)
+
+    # -- configuration ----------------------------------------------------------------------
+    def affine_for(self, name: str) -> Affine | None:
+        """The configuration of site ``name`` as a child, or ``None``."""
+        if name.endswith(AUX_SUFFIX):
+            return None
+        entry = self.config.get(name) if isinstance(self.config, Mapping) else self.config(name)
+        return None if entry is None else _as_affine(name, entry)
+
+    def family(self, child: SiteLayout, parents: Sequence[SiteLayout], within: bool) -> ChildFamily:
+        couplings = tuple(ParentCoupling(p, child, self.structure) for p in parents)
+        return ChildFamily(child, couplings, self.structure, within=within)
+
+    def check_config(self, site_names: Sequence[str]) -> None:
+        """Raises ``ValueError`` for config entries naming sites the model never sampled."""
+        if isinstance(self.config, Mapping):
+            unknown = [n for n in self.config if n not in site_names]
+            if unknown:
+                raise ValueError(
+                    f"decorrelate config names sites {unknown} that the model does not "
+                    f"sample; the model's sample sites are {list(site_names)}."
+                )
+
+    # -- effect handling --------------------------------------------------------------------
+    def __enter__(self):
+        self._layouts, self._rotated, self._values = {}, {}, {}
+        return super().__enter__()
+
+    def process_message(self, msg: dict) -> None:
+        if msg["type"] != "sample":
+            return
+        affine = self.affine_for(msg["name"])
+        if affine is None:
+            return
+        name = msg["name"]
+        if msg["is_observed"]:
+            raise ValueError(
+                f"Site {name!r} is observed; decorrelation applies to latent sites only. "
+                "Remove it from the decorrelate config."
+            )
+        missing = [p for p in affine.parents if p not in self._layouts]
+        if missing:
+            raise ValueError(
+                f"Parent(s) {missing} of {name!r} have not been sampled before {name!r}. A "
+                "parent must be a site sampled earlier in the same model run; reorder the "
+                "config or the model."
+            )
+        child = site_layout(msg, self.dims)
+        family = self.family(child, [self._layouts[p] for p in affine.parents], affine.within)
+        params = {
+            key: numpyro.param(f"{name}_{key}", jnp.zeros(shape))
+            for key, shape in family.param_shapes().items()
+        }
+        parents_rot = {p: self._rotated_value(p) for p in affine.parents}
+        fn = msg["fn"]
+        base = fn
+        if not child.real_support:
+            base = dist.TransformedDistribution(fn, biject_to(fn.support).inv)
+
+        def to_model(u: Array) -> Array:
+            return aux_to_model(family, u, parents_rot, params)
+
+        def to_aux(x: Array) -> Array:
+            return model_to_aux(family, x, parents_rot, params)
+
+        aux = numpyro.sample(name + AUX_SUFFIX, _AuxiliaryPrior(base, to_model, to_aux))
+        unconstrained = to_model(aux)
+        self._layouts[name], self._values[name] = child, unconstrained
+        msg["type"] = "deterministic"
+        msg["value"] = unconstrained if child.real_support else biject_to(fn.support)(unconstrained)
+        for key in list(msg.keys()):
+            if key not in ("type", "name", "value", "cond_indep_stack"):
+                del msg[key]
+
+    def postprocess_message(self, msg: dict) -> None:
+        if msg["type"] not in ("sample", "deterministic") or msg["name"].endswith(AUX_SUFFIX):
+            return
+        name = msg["name"]
+        if name in self._values:  # a decorrelated child, recorded when it was sampled
+            return
+        self._layouts[name] = site_layout(msg, self.dims)
+        fn = msg.get("fn")
+        self._values[name] = msg["value"] if fn is None else unconstrain(msg["value"], fn.support)
+
+    def __exit__(self, exc_type, exc_value, traceback):
+        seen = set(self._layouts)
+        result = super().__exit__(exc_type, exc_value, traceback)
+        if exc_type is None:
+            self.check_config(sorted(seen))
+        return result
+
+    def _rotated_value(self, name: str) -> Array:
+        if name not in self._rotated:
+            self._rotated[name] = rotate_site(
+                self.structure, self._layouts[name], self._values[name]
+            )
+        return self._rotated[name]
+
+
+def decorrelate(
+    model: Callable,
+    config: ConfigLike,
+    *,
+    rotate: Mapping[str, str] | None = None,
+    sequence: str | None = None,
+    band: int | None = None,
+    dims: Mapping[str, Sequence[str]] | None = None,
+) -> DecorrelateMessenger:
+    """Returns ``model`` with conditional affine decorrelation attached.
+
+    For each child ``x`` with parents ``p_k`` the model samples ``u`` (site
+    ``f"{x}_decorrelated"``) with ``u = x~ + W(x~) + sum_k S_k(p~_k)`` in rotated coordinates
+    (see :mod:`reparam.family`) and recovers ``x`` exactly; the joint density is unchanged.
+
+    Args:
+        model: any NumPyro model.
+        config: ``{child: [parents]}``, ``{child: reparam.Affine(...)}``, or a callable
+            ``name -> parents | Affine | None``.
+        rotate: axis name -> rotation name (``"helmert"``) for every involved site.
+        sequence: axis name coupled within sites (lower-triangular) and banded across sites.
+        band: largest lag coupled along ``sequence`` (``None``: dense).
+        dims: site name -> axis names, for axes not named by plates.
+
+    Returns:
+        The decorrelated model (a callable with the model's signature).
+    """
+    return DecorrelateMessenger(
+        model, config, rotate=rotate, sequence=sequence, band=band, dims=dims
+    )
+
+
+def freeze(model: Callable, coefficients: Mapping[str, Any]) -> Callable:
+    """Fixes decorrelation coefficients at given values (e.g. learned by SVI).
+
+    The coefficient sites become constants hidden from outer handlers: SVI does not train them
+    and NUTS sees a model without ``numpyro.param`` sites, i.e. a preconditioned model of the
+    same posterior. ``coefficients`` may hold other entries too (e.g. all of an SVI result's
+    params): only names of the model's own ``numpyro.param`` sites take effect, and only those
+    are hidden.
+    """
+    names = set(coefficients)
+
+    def hide(msg: dict) -> bool:
+        return msg["type"] == "param" and msg["name"] in names
+
+    return numpyro.handlers.block(
+        numpyro.handlers.substitute(model, data=dict(coefficients)), hide_fn=hide
+    )

@@ -1,0 +1,1 @@
+"""tensorfact: Bayesian additive models of 3-way tensors."""

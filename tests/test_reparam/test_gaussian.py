@@ -1,0 +1,171 @@
+"""Exact local-Gaussian coefficients, the family ceiling and the Laplace starting point,
+checked against closed-form oracles."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import optax
+import pytest
+from numpyro import handlers
+from scipy import optimize, stats
+
+import reparam
+from tests.test_reparam.models import (
+    PANEL_DIMS,
+    panel_data,
+    panel_model,
+    ridge_model,
+    ridge_precision,
+)
+
+RIDGE_Y = jnp.asarray(1.5 + 0.1 * np.random.default_rng(0).standard_normal(100), jnp.float32)
+PANEL_CONFIG = {"a": ["mu"], "z": ["mu", "a"], "A": ["mu", "a", "z"]}
+
+
+def test_optimal_factor_diagonalises():
+    rng = np.random.default_rng(1)
+    root = rng.normal(size=(6, 6))
+    precision = root @ root.T + 0.1 * np.eye(6)
+    factor = reparam.optimal_factor(precision)
+    np.testing.assert_allclose(np.diag(factor), 1.0)
+    np.testing.assert_allclose(np.triu(factor, 1), 0.0)
+    inverse = np.linalg.inv(factor)
+    transformed = inverse.T @ precision @ inverse
+    np.testing.assert_allclose(transformed, np.diag(np.diag(transformed)), atol=1e-9)
+
+
+def test_ridge_coefficient_is_conditional_regression():
+    """For u = a + xi mu the exact xi is P_a,mu / P_a,a (0.9999 on B1)."""
+    model = reparam.decorrelate(ridge_model, {"a": ["mu"]})
+    coefficients = reparam.gaussian_coefficients(model, {"mu": 0.0, "a": 0.0}, RIDGE_Y)
+    precision = ridge_precision(100)
+    np.testing.assert_allclose(
+        coefficients["a_shift_mu"], precision[1, 0] / precision[1, 1], rtol=1e-6
+    )
+
+
+def test_newton_reaches_exact_posterior_mean():
+    model = reparam.decorrelate(ridge_model, {"a": ["mu"]})
+    local = reparam.LocalGaussian(model, {"mu": 0.0, "a": 0.0}, RIDGE_Y)
+    point, _ = local.newton({"mu": 3.0, "a": -7.0})
+    precision = ridge_precision(100)
+    mean = np.linalg.solve(precision, np.full(2, float(jnp.sum(RIDGE_Y)) / 0.01))
+    np.testing.assert_allclose([point["mu"], point["a"]], mean, rtol=1e-6)
+
+
+def _panel_plan(equal_noise: bool, **options):
+    model = reparam.decorrelate(panel_model, PANEL_CONFIG, dims=PANEL_DIMS, **options)
+    trace = handlers.trace(handlers.seed(panel_model, 0)).get_trace(panel_data())
+    point = {k: v["value"] for k, v in trace.items() if v["type"] == "sample" and k != "y"}
+    if equal_noise:
+        point["scale"] = jnp.ones(4)
+    local = reparam.LocalGaussian(model, point, panel_data())
+    # precision in model coordinates: the plan's rotation is orthonormal
+    precision_z = local.precision(point)
+    with jax.enable_x64(True):
+        back = jax.vmap(lambda v: local.plan.rotate(v, inverse=True))
+        precision_x = np.asarray(back(back(jnp.asarray(precision_z)).T).T)
+    return local, point, precision_x
+
+
+def test_rotated_family_ceiling_is_exact_on_complete_data():
+    """Helmert along i + dense coupling in t: KL 0 and exact marginal sds at the projection."""
+    local, _, precision = _panel_plan(True, rotate={"i": "helmert"}, sequence="t")
+    result = reparam.ceiling(local.plan, precision, steps=0)
+    assert abs(result.kl) < 1e-6
+    exact_sd = local.plan.split(np.sqrt(np.diag(np.linalg.inv(precision))))
+    for name, sd in exact_sd.items():
+        np.testing.assert_allclose(result.sds[name], sd, rtol=1e-6)
+
+
+def test_naive_family_ceiling_is_too_narrow_and_optimiser_improves_it():
+    """Without rotations and time coupling the same parents cannot represent the posterior:
+    the ceiling keeps KL > 0 and the time series' implied sds too narrow; L-BFGS lowers the
+    KL but cannot reach 0."""
+    local, _, precision = _panel_plan(True)
+    result = reparam.ceiling(local.plan, precision, steps=30)
+    exact_sd = local.plan.split(np.sqrt(np.diag(np.linalg.inv(precision))))
+    assert result.kl > 1.0
+    assert result.kl_history[-1] < result.kl_history[0] - 0.1
+    assert float(np.min(result.sds["z"] / exact_sd["z"])) < 0.7
+
+
+def test_svi_learns_the_conditional_coefficient():
+    """Trained by SVI from 0 (8 particles), the coefficient converges to the oracle's
+    conditional regression P_a,mu / P_a,a on a moderately correlated Gaussian."""
+
+    def model(y):
+        mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+        a = numpyro.sample("a", dist.Normal(0.0, 1.0))
+        numpyro.sample("y", dist.Normal(mu + a, 1.0).expand([10]).to_event(1), obs=y)
+
+    y = jnp.linspace(-1.0, 2.0, 10)
+    decorrelated = reparam.decorrelate(model, {"a": ["mu"]})
+    guide = numpyro.infer.autoguide.AutoNormal(decorrelated)
+    svi = numpyro.infer.SVI(
+        decorrelated, guide, optax.adam(0.02), numpyro.infer.Trace_ELBO(num_particles=8)
+    )
+    result = svi.run(jax.random.PRNGKey(0), 3000, y, progress_bar=False)
+    oracle = 10.0 / 11.0  # P = [[11, 10], [10, 11]]
+    assert abs(float(result.params["a_shift_mu"]) - oracle) < 0.05
+    draws = numpyro.infer.Predictive(
+        decorrelated, guide=guide, params=result.params, num_samples=20000,
+        return_sites=["mu", "a"],
+    )(jax.random.PRNGKey(1), y)
+    exact_sd = np.sqrt(np.diag(np.linalg.inv(np.array([[11.0, 10.0], [10.0, 11.0]]))))
+    np.testing.assert_allclose([draws["mu"].std(), draws["a"].std()], exact_sd, rtol=0.1)
+
+
+def test_laplace_mode_matches_collapsed_posterior_mode():
+    """a_k ~ N(0, s), y_k ~ N(a_k, 1): p(y | s) = prod N(y_k; 0, sqrt(1 + s^2)) exactly."""
+    y = jnp.asarray([1.2, -0.4, 2.5, 0.3, -1.8, 0.9, 1.4, -0.7])
+
+    def model(y):
+        s = numpyro.sample("s", dist.HalfNormal(2.0))
+        a = numpyro.sample("a", dist.Normal(0.0, s).expand([8]).to_event(1))
+        numpyro.sample("y", dist.Normal(a, 1.0).to_event(1), obs=y)
+
+    decorrelated = reparam.decorrelate(model, {"a": []})
+    local = reparam.LocalGaussian(decorrelated, {"s": 1.0, "a": jnp.zeros(8)}, y)
+    mode = reparam.laplace_mode(local, {"s": 1.0, "a": jnp.zeros(8)})
+
+    def negative_log_posterior(log_s):
+        s = np.exp(log_s)
+        return -(
+            stats.norm(0, np.sqrt(1 + s**2)).logpdf(np.asarray(y)).sum()
+            + stats.halfnorm(scale=2.0).logpdf(s)
+            + log_s
+        )
+
+    best = optimize.minimize_scalar(negative_log_posterior, bounds=(-5, 3), method="bounded")
+    np.testing.assert_allclose(np.log(mode.point["s"]), best.x, atol=1e-4)
+    # the decorrelated sites sit at their conditional mean given s*
+    s2 = float(mode.point["s"]) ** 2
+    np.testing.assert_allclose(mode.point["a"], np.asarray(y) * s2 / (1 + s2), rtol=1e-5)
+
+
+def test_relative_steps_scale_location_updates():
+    transform = reparam.relative_steps()
+    params = {"x_auto_loc": jnp.zeros(2), "x_auto_scale": jnp.array([-1.0, 2.0]), "w": 1.0}
+    updates = {"x_auto_loc": jnp.ones(2), "x_auto_scale": jnp.ones(2), "w": jnp.ones(())}
+    scaled, _ = transform.update(updates, transform.init(params), params)
+    np.testing.assert_allclose(scaled["x_auto_loc"], jax.nn.softplus(jnp.array([-1.0, 2.0])))
+    np.testing.assert_allclose(scaled["x_auto_scale"], 1.0)
+    np.testing.assert_allclose(scaled["w"], 1.0)
+    with pytest.raises(ValueError, match="needs the current params"):
+        transform.update(updates, transform.init(params))
+
+
+def test_freeze_hides_coefficients_from_svi():
+    model = reparam.decorrelate(ridge_model, {"a": ["mu"]})
+    frozen = reparam.freeze(model, {"a_shift_mu": jnp.asarray(0.5), "unrelated": 1.0})
+    trace = handlers.trace(handlers.seed(frozen, 0)).get_trace(RIDGE_Y)
+    assert not [k for k, v in trace.items() if v["type"] == "param"]
+    inner = handlers.trace(handlers.seed(model, 0)).get_trace(RIDGE_Y)
+    assert inner["a_shift_mu"]["type"] == "param"
+    # the frozen value is used: a = u - 0.5 mu
+    values = handlers.trace(handlers.seed(frozen, 1)).get_trace(RIDGE_Y)
+    expected = values["a_decorrelated"]["value"] - 0.5 * values["mu"]["value"]
+    np.testing.assert_allclose(values["a"]["value"], expected, rtol=1e-6)
