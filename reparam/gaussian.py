@@ -141,10 +141,12 @@ class LocalGaussian:
         coefficients: Mapping[str, Any],
         precision: np.ndarray,
     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Auxiliary-coordinate location of ``point`` and mean-field sds under ``precision``.
+        """Guide-coordinate location of ``point`` and mean-field sds under ``precision``.
 
-        Returns ``(loc, sd)`` keyed by involved site name: ``loc = F^{-1} z(point)`` and
-        ``sd = diag(F^T P F)^{-1/2}``, the best mean-field Gaussian for the local target.
+        Guide coordinates are ``u`` for children and model coordinates for parent-only sites;
+        with ``G`` the linear map from them to ``z``, returns ``(loc, sd)`` keyed by involved
+        site name: ``loc = G^{-1} z(point)`` and ``sd = diag(G^T P G)^{-1/2}``, the best
+        mean-field Gaussian for the local target.
         """
         plan = self.plan
 
@@ -152,9 +154,10 @@ class LocalGaussian:
             def evaluate(point, coefficients, precision):
                 unconstrained = self.unconstrained(point)
                 z = plan.rotate(plan.join({s.name: unconstrained[s.name] for s in plan.sites}))
-                sampling = plan.sampling_matrix(coefficients)
+                zero = jnp.zeros(plan.dim)
+                sampling = jax.jacfwd(lambda g: plan.guide_to_z(g, coefficients))(zero)
                 diag_pu = jnp.einsum("ik,ij,jk->k", sampling, precision, sampling)
-                return plan.split(plan.to_aux(z, coefficients)), plan.split(diag_pu**-0.5)
+                return plan.split(plan.z_to_guide(z, coefficients)), plan.split(diag_pu**-0.5)
 
             return evaluate
 

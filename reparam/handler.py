@@ -101,6 +101,9 @@ class DecorrelateMessenger(Messenger):
         sequence: name of the axis coupled within sites and banded across sites.
         band: largest lag coupled along ``sequence`` (``None``: all lags).
         dims: site name -> one axis name per axis of the site's value (overrides plate names).
+        involve: further sites to include in the local Gaussian analysis
+            (:mod:`reparam.gaussian`: Newton step, guide initialisation) although they are
+            sampled unchanged.
     """
 
     def __init__(
@@ -112,6 +115,7 @@ class DecorrelateMessenger(Messenger):
         sequence: str | None = None,
         band: int | None = None,
         dims: Mapping[str, Sequence[str]] | None = None,
+        involve: Sequence[str] = (),
     ) -> None:
         if config is None or not (isinstance(config, Mapping) or callable(config)):
             raise TypeError("config must be a dict {child: [parents]} or a callable.")
@@ -124,6 +128,7 @@ class DecorrelateMessenger(Messenger):
             rotations=tuple(sorted((rotate or {}).items())), sequence=sequence, band=band
         )
         self.dims = dict(dims or {})
+        self.involve = tuple(involve)
         self._layouts: dict[str, SiteLayout] = {}
         self._rotated: dict[str, Array] = {}
         self._values: dict[str, Array] = {}
@@ -235,6 +240,7 @@ def decorrelate(
     sequence: str | None = None,
     band: int | None = None,
     dims: Mapping[str, Sequence[str]] | None = None,
+    involve: Sequence[str] = (),
 ) -> DecorrelateMessenger:
     """Returns ``model`` with conditional affine decorrelation attached.
 
@@ -250,12 +256,13 @@ def decorrelate(
         sequence: axis name coupled within sites (lower-triangular) and banded across sites.
         band: largest lag coupled along ``sequence`` (``None``: dense).
         dims: site name -> axis names, for axes not named by plates.
+        involve: further sites analysed with the decorrelated ones but sampled unchanged.
 
     Returns:
         The decorrelated model (a callable with the model's signature).
     """
     return DecorrelateMessenger(
-        model, config, rotate=rotate, sequence=sequence, band=band, dims=dims
+        model, config, rotate=rotate, sequence=sequence, band=band, dims=dims, involve=involve
     )
 
 

@@ -28,6 +28,26 @@ from scipy import optimize
 
 from reparam.gaussian import LocalGaussian, as_float64
 
+MAX_SPREAD_DIM = 64
+
+
+def _spread(gradient, mode: np.ndarray, step: float = 1e-4) -> np.ndarray:
+    """Sds from the inverse of a central finite-difference Hessian of ``gradient`` at the mode
+    (NaN where it is not positive definite, and for more than ``MAX_SPREAD_DIM`` dims)."""
+    dim = mode.size
+    if dim > MAX_SPREAD_DIM:
+        return np.full(dim, np.nan)
+    columns = [
+        (gradient(mode + step * e) - gradient(mode - step * e)) / (2 * step) for e in np.eye(dim)
+    ]
+    hessian = np.asarray(columns)
+    hessian = 0.5 * (hessian + hessian.T)
+    try:
+        np.linalg.cholesky(hessian)
+    except np.linalg.LinAlgError:
+        return np.full(dim, np.nan)
+    return np.sqrt(np.diag(np.linalg.inv(hessian)))
+
 
 @dataclass(frozen=True)
 class LaplaceMode:
@@ -36,7 +56,8 @@ class LaplaceMode:
     Attributes:
         point: all latent sites in model coordinates: other sites at ``h*``, involved sites at
             their conditional mode given ``h*``.
-        unconstrained_sd: approximate posterior sd of each other site in unconstrained space.
+        unconstrained_sd: approximate posterior sd of each other site in unconstrained space
+            (Laplace; NaN when not available: indefinite, or more than 64 dims).
         log_marginal: the Laplace objective at ``h*`` (``log p(y, h*)`` up to a constant).
         iterations: optimiser iterations used.
     """
@@ -105,14 +126,14 @@ def laplace_mode(
             value, grad = value_and_grad(jnp.asarray(flat), unconstrained)
             return float(value), np.asarray(grad, np.float64)
 
-        result = optimize.minimize(
-            fun, x0, jac=True, method="L-BFGS-B", options={"maxiter": max_iterations}
-        )
-        best = jnp.asarray(result.x)
-        hessian = jax.jit(jax.hessian(lambda flat: objective(unflatten(flat), unconstrained)[0]))(
-            best
-        )
-        sd_flat = np.sqrt(np.clip(np.diag(np.linalg.pinv(np.asarray(hessian))), 0.0, None))
+        if names:
+            result = optimize.minimize(
+                fun, x0, jac=True, method="L-BFGS-B", options={"maxiter": max_iterations}
+            )
+            best, value, iterations = jnp.asarray(result.x), float(result.fun), int(result.nit)
+            sd_flat = _spread(lambda f: fun(f)[1], result.x)
+        else:  # nothing to optimise: the mode is the involved sites' Newton step
+            best, value, iterations, sd_flat = jnp.asarray(x0), float(value0), 0, np.zeros(0)
         other = unflatten(best)
         _, z_mode = jax.jit(objective)(other, unconstrained)
         values = plan.split(plan.rotate(z_mode, inverse=True))
@@ -120,6 +141,6 @@ def laplace_mode(
         return LaplaceMode(
             point={k: np.asarray(v) for k, v in constrained.items()},
             unconstrained_sd={k: np.asarray(v) for k, v in unflatten(jnp.asarray(sd_flat)).items()},
-            log_marginal=-float(result.fun),
-            iterations=int(result.nit),
+            log_marginal=-value,
+            iterations=iterations,
         )

@@ -108,6 +108,22 @@ class LinearPlan:
         zero = jnp.zeros(self.dim)
         return jax.jacfwd(lambda u: self.sample_map(u, coefficients))(zero)
 
+    def _rotate_parents_only(self, flat: Array, inverse: bool) -> Array:
+        values = self.split(flat)
+        for site in self.sites:
+            if site.name not in self.families:
+                values[site.name] = self.structure.rotate_value(values[site.name], site, inverse)
+        return self.join(values)
+
+    def guide_to_z(self, g_flat: Array, coefficients: Mapping[str, Array]) -> Array:
+        """Guide coordinates (``u`` for children, model coordinates for parent-only sites)
+        -> ``z``."""
+        return self.sample_map(self._rotate_parents_only(g_flat, False), coefficients)
+
+    def z_to_guide(self, z_flat: Array, coefficients: Mapping[str, Array]) -> Array:
+        """Inverse of :meth:`guide_to_z`."""
+        return self._rotate_parents_only(self.to_aux(z_flat, coefficients), True)
+
     def zero_coefficients(self, dtype: Any = jnp.float64) -> dict[str, Array]:
         return {
             f"{name}_{key}": jnp.zeros(shape, dtype)
@@ -161,5 +177,9 @@ def linear_plan(
             layouts[name], [layouts[p] for p in affine.parents], affine.within
         )
         involved |= {name, *affine.parents}
+    unknown = [n for n in model.involve if n not in layouts]
+    if unknown:
+        raise ValueError(f"involve names sites {unknown} that the model does not sample.")
+    involved |= set(model.involve)
     sites = tuple(layouts[n] for n in latent if n in involved)
     return LinearPlan(sites=sites, families=families, structure=model.structure)

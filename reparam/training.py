@@ -111,6 +111,7 @@ def initialize(
     *,
     laplace: bool = True,
     dtype: Any = jnp.float32,
+    guide_names: Mapping[str, str] | None = None,
 ) -> Initialization:
     """Computes coefficients and a matching mean-field guide at (or from) ``point``.
 
@@ -120,6 +121,10 @@ def initialize(
         laplace: first move the sites that are not decorrelated to their Laplace mode
             (recommended at the start of training; skip it to refresh at a guide's median).
         dtype: dtype of the returned arrays.
+        guide_names: site name -> the name the trained model's guide sees. Default: the
+            auxiliary name for children, the site name otherwise. Pass identity names when
+            ``local`` only analyses a plain model (an unrotated decorrelation whose children
+            have no parents, so ``u = x``).
     """
     mode = laplace_mode(local, point) if laplace else None
     point = dict(mode.point) if mode is not None else dict(point)
@@ -130,7 +135,8 @@ def initialize(
     values = {k: np.asarray(v, dtype) for k, v in point.items()}
     scales: dict[str, np.ndarray] = {}
     for site in local.plan.sites:
-        guide_name = site.name + AUX_SUFFIX if site.name in families else site.name
+        default = site.name + AUX_SUFFIX if site.name in families else site.name
+        guide_name = default if guide_names is None else guide_names.get(site.name, default)
         values.pop(site.name, None)
         values[guide_name] = np.asarray(loc[site.name], dtype)
         scales[guide_name] = np.asarray(sd[site.name], dtype)

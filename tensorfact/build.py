@@ -195,7 +195,11 @@ class TensorModel:
         return {n: bool(decorrelate.get(n, True)) for n in names}
 
     def decorrelated(self, decorrelate: DecorrelateToggle = True) -> reparam.DecorrelateMessenger:
-        """This model with the decorrelation attached to the effects switched on."""
+        """This model with the decorrelation attached to the effects switched on.
+
+        Effects switched off are sampled unchanged (their site names stay as in the plain
+        model) but still enter the Gaussian start, so on and off fits start alike.
+        """
         spec = self.spec
         return reparam.decorrelate(
             self,
@@ -203,6 +207,7 @@ class TensorModel:
             rotate={d: "helmert" for d in spec.other_dims},
             sequence=spec.time,
             dims={site.name: site.dims for site in self.location_sites},
+            involve=[site.name for site in self.location_sites],
         )
 
     # -- starting point ----------------------------------------------------------------------

@@ -166,18 +166,18 @@ class GaussianOracle:
     def posterior(self, hyper: Mapping[str, Any]) -> GaussianPosterior:
         """Exact posterior of the location sites given hyperparameter values."""
         with jax.enable_x64(True):
-            precision, mean = self._solve(hyper)
+            precision, mean = self.solve(hyper)
             covariance = jnp.linalg.inv(precision)
             sd = jnp.sqrt(jnp.diag(covariance))
             return GaussianPosterior(
-                mean=self._split(np.asarray(mean)),
-                sd=self._split(np.asarray(sd)),
+                mean=self.split(np.asarray(mean)),
+                sd=self.split(np.asarray(sd)),
                 precision=np.asarray(precision),
                 covariance=np.asarray(covariance),
                 sites=self.sites,
             )
 
-    def _solve(self, hyper: Mapping[str, Any]) -> tuple[Array, Array]:
+    def solve(self, hyper: Mapping[str, Any]) -> tuple[Array, Array]:
         m0, q, _ = self.prior(hyper)
         weights = self._noise_sd(hyper) ** -2
         x = jnp.asarray(self.design)
@@ -201,7 +201,7 @@ class GaussianOracle:
         logdet_p = 2 * jnp.sum(jnp.log(jnp.diag(chol)))
         return -0.5 * (quad + logdet_p - logdet_q + jnp.sum(jnp.log(2 * jnp.pi * noise**2)))
 
-    def _split(self, flat: np.ndarray) -> dict[str, np.ndarray]:
+    def split(self, flat: np.ndarray) -> dict[str, np.ndarray]:
         out, start = {}, 0
         for site, size in zip(self.sites, self.sizes, strict=True):
             out[site.name] = flat[start : start + size].reshape(self.model.shape_of(site.dims))
