@@ -38,6 +38,7 @@ import jax.numpy as jnp
 from jax import Array
 from jax.scipy.linalg import solve_triangular
 
+from reparam import decenter
 from reparam.layout import SiteLayout
 from reparam.rotations import get_rotation
 
@@ -198,6 +199,7 @@ class ChildFamily:
     couplings: tuple[ParentCoupling, ...]
     structure: Structure
     within: bool = True
+    decenter: bool = False
 
     @property
     def sequence_axis(self) -> int | None:
@@ -206,7 +208,16 @@ class ChildFamily:
             return None
         return self.child.axis_of(seq)
 
+    def param_inits(self) -> dict[str, Array]:
+        """Initial values of all params: no shift, no coupling, centred."""
+        inits = {key: jnp.zeros(shape) for key, shape in self.param_shapes().items()}
+        if self.decenter:
+            inits["centering"] = jnp.ones(self.child.shape)
+            inits["scale_ref"] = jnp.ones(())
+        return inits
+
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shapes of the linear coefficients (shifts and within-site coupling)."""
         shapes = {f"shift_{c.parent.name}": c.coefficient_shape for c in self.couplings}
         axis = self.sequence_axis
         if axis is not None:
@@ -242,9 +253,19 @@ class ChildFamily:
         return jnp.moveaxis(x, axis, -1), axis
 
     def from_aux(
-        self, aux: Array, parents_rot: Mapping[str, Array], params: Mapping[str, Array]
+        self,
+        aux: Array,
+        parents_rot: Mapping[str, Array],
+        params: Mapping[str, Array],
+        scale: Array | None = None,
     ) -> Array:
-        """``x~ = u + W(u) - sum_k S_k(p~_k)``; ``aux`` may carry leading batch axes."""
+        """``x~ = u + W(u) - sum_k S_k(p~_k)``; ``aux`` may carry leading batch axes.
+
+        With ``scale`` (the child's prior scale) and decentering params, ``aux`` is the
+        decentred ``v`` of :mod:`reparam.decenter` and ``u = factor * v`` first.
+        """
+        if scale is not None and "centering" in params:
+            aux = aux * decenter.factor(params, scale)
         x = aux
         if "within" in params:
             u, axis = self._sequence_last(aux)
@@ -253,17 +274,23 @@ class ChildFamily:
         return x - self._total_shift(parents_rot, params)
 
     def to_aux(
-        self, child_rot: Array, parents_rot: Mapping[str, Array], params: Mapping[str, Array]
+        self,
+        child_rot: Array,
+        parents_rot: Mapping[str, Array],
+        params: Mapping[str, Array],
+        scale: Array | None = None,
     ) -> Array:
         """Inverse of :meth:`from_aux`: ``u = (I + W)^{-1} (x~ + sum_k S_k(p~_k))``."""
         rhs = child_rot + self._total_shift(parents_rot, params)
+        divide = scale is not None and "centering" in params
         if "within" not in params:
-            return rhs
+            return rhs / decenter.factor(params, scale) if divide else rhs
         r, axis = self._sequence_last(rhs)
         lower = self._lower_matrix(params["within"])
         lower = jnp.broadcast_to(lower, r.shape[:-1] + lower.shape[-2:])
         u = solve_triangular(lower, r[..., None], lower=True, unit_diagonal=True)[..., 0]
-        return jnp.moveaxis(u, -1, axis)
+        u = jnp.moveaxis(u, -1, axis)
+        return u / decenter.factor(params, scale) if divide else u
 
 
 # Jitted entry points: families are hashable, so eager calls (model initialisation, prior
@@ -276,17 +303,25 @@ def rotate_site(structure: Structure, layout: SiteLayout, value: Array) -> Array
 
 @partial(jax.jit, static_argnums=0)
 def aux_to_model(
-    family: ChildFamily, aux: Array, parents_rot: Mapping[str, Array], params: Mapping[str, Array]
+    family: ChildFamily,
+    aux: Array,
+    parents_rot: Mapping[str, Array],
+    params: Mapping[str, Array],
+    scale: Array | None = None,
 ) -> Array:
-    """Auxiliary value ``u`` -> child value in (unconstrained) model coordinates."""
-    rotated = family.from_aux(aux, parents_rot, params)
+    """Auxiliary value -> child value in (unconstrained) model coordinates."""
+    rotated = family.from_aux(aux, parents_rot, params, scale)
     return family.structure.rotate_value(rotated, family.child, inverse=True)
 
 
 @partial(jax.jit, static_argnums=0)
 def model_to_aux(
-    family: ChildFamily, value: Array, parents_rot: Mapping[str, Array], params: Mapping[str, Array]
+    family: ChildFamily,
+    value: Array,
+    parents_rot: Mapping[str, Array],
+    params: Mapping[str, Array],
+    scale: Array | None = None,
 ) -> Array:
-    """Child value in (unconstrained) model coordinates -> auxiliary value ``u``."""
+    """Child value in (unconstrained) model coordinates -> auxiliary value."""
     rotated = family.structure.rotate_value(value, family.child)
-    return family.to_aux(rotated, parents_rot, params)
+    return family.to_aux(rotated, parents_rot, params, scale)

@@ -29,8 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
 from jax import Array
+from numpyro import handlers
 from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
 
+from reparam.decenter import prior_scale
 from reparam.handler import DecorrelateMessenger
 from reparam.plan import LinearPlan, linear_plan
 
@@ -169,6 +171,75 @@ class LocalGaussian:
                 {k: np.asarray(v) for k, v in loc.items()},
                 {k: np.asarray(v) for k, v in sd.items()},
             )
+
+
+    def decentering(
+        self,
+        point: Mapping[str, Any],
+        coefficients: Mapping[str, Any],
+        precision: np.ndarray,
+    ) -> dict[str, np.ndarray]:
+        """Centredness and reference scale of each decentred child at ``point``.
+
+        ``c_k = 1 - p_k / P_k`` with ``P_k = (G^T P G)_kk`` the total precision of guide
+        coordinate ``k`` and ``p_k`` the part from the child's own prior,
+        ``(F_cc^T H_c F_cc)_kk`` (``H_c``: Hessian of the child's prior alone,
+        ``F_cc = I + W_c``); ``scale_ref`` is the child's prior scale at ``point``
+        (see :mod:`reparam.decenter`).
+        """
+        plan, model, args, kwargs = self.plan, self.model, self.args, self.kwargs
+        children = [n for n, f in plan.families.items() if f.decenter]
+        if not children:
+            return {}
+
+        def build():
+            def evaluate(point, coefficients, precision):
+                unconstrained = self.unconstrained(point)
+                z = plan.split(
+                    plan.rotate(plan.join({s.name: unconstrained[s.name] for s in plan.sites}))
+                )
+                sampling = jax.jacfwd(lambda g: plan.guide_to_z(g, coefficients))(
+                    jnp.zeros(plan.dim)
+                )
+                total = plan.split(jnp.einsum("ik,ij,jk->k", sampling, precision, sampling))
+                seeded = handlers.seed(handlers.substitute(model.fn, data=point), rng_seed=0)
+                trace = handlers.trace(seeded).get_trace(*args, **kwargs)
+                out = {}
+                for name in children:
+                    family = plan.families[name]
+                    fn = trace[name]["fn"]
+
+                    def prior_energy(z_c, fn=fn, family=family):
+                        value = plan.structure.rotate_value(z_c, family.child, inverse=True)
+                        return -jnp.sum(fn.log_prob(value))
+
+                    curvature = jax.hessian(prior_energy)(z[name])
+                    size = family.child.size
+                    curvature = curvature.reshape(size, size)
+                    params = plan.child_params(name, coefficients)
+                    block = jax.jacfwd(
+                        lambda u, family=family, params=params: jnp.ravel(
+                            family.from_aux(u.reshape(family.child.shape), {
+                                c.parent.name: jnp.zeros(c.parent.shape)
+                                for c in family.couplings
+                            }, params)
+                        )
+                    )(jnp.zeros(size))
+                    prior_part = jnp.einsum("ik,ij,jk->k", block, curvature, block)
+                    share = prior_part / jnp.ravel(total[name])
+                    out[f"{name}_centering"] = jnp.clip(1.0 - share, 0.0, 1.0).reshape(
+                        family.child.shape
+                    )
+                    out[f"{name}_scale_ref"] = prior_scale(fn)
+                return out
+
+            return evaluate
+
+        with jax.enable_x64(True):
+            values = self._compiled("decentering", build)(
+                as_float64(point), as_float64(coefficients), jnp.asarray(precision, jnp.float64)
+            )
+            return {k: np.asarray(v) for k, v in values.items()}
 
 
 def as_float64(values: Mapping[str, Any]) -> dict[str, Array]:

@@ -19,13 +19,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
 from jax import Array
 from numpyro.distributions import biject_to, constraints
 from numpyro.primitives import Messenger
 
+from reparam import decenter
+from reparam.decenter import prior_scale
 from reparam.family import (
     ChildFamily,
     ParentCoupling,
@@ -47,10 +48,13 @@ class Affine:
     Attributes:
         parents: names of earlier sites the child is shifted by.
         within: couple the child with itself along the sequence axis (lower-triangular).
+        decenter: allow partial non-centring w.r.t. the child's prior scale
+            (:mod:`reparam.decenter`; applies when the prior has one scalar ``scale``).
     """
 
     parents: tuple[str, ...] = ()
     within: bool = True
+    decenter: bool = True
 
 
 ConfigEntry = "Sequence[str] | Affine"
@@ -77,17 +81,24 @@ class _AuxiliaryPrior(dist.Distribution):
 
     support = constraints.real
 
-    def __init__(self, base: dist.Distribution, to_model: Callable, to_aux: Callable):
+    def __init__(
+        self,
+        base: dist.Distribution,
+        to_model: Callable,
+        to_aux: Callable,
+        log_jacobian: Array | float = 0.0,
+    ):
         self.base = base
         self.to_model = to_model
         self.to_aux = to_aux
+        self.log_jacobian = log_jacobian
         super().__init__(base.batch_shape, base.event_shape)
 
     def sample(self, key: Array, sample_shape: tuple[int, ...] = ()) -> Array:
         return self.to_aux(self.base.sample(key, sample_shape))
 
     def log_prob(self, value: Array) -> Array:
-        return self.base.log_prob(self.to_model(value))
+        return self.base.log_prob(self.to_model(value)) + self.log_jacobian
 
 
 class DecorrelateMessenger(Messenger):
@@ -132,6 +143,7 @@ class DecorrelateMessenger(Messenger):
         self._layouts: dict[str, SiteLayout] = {}
         self._rotated: dict[str, Array] = {}
         self._values: dict[str, Array] = {}
+        self.coefficient_names: set[str] = set()
         super().__init__(fn)
 
     # -- configuration ----------------------------------------------------------------------
@@ -142,9 +154,16 @@ class DecorrelateMessenger(Messenger):
         entry = self.config.get(name) if isinstance(self.config, Mapping) else self.config(name)
         return None if entry is None else _as_affine(name, entry)
 
-    def family(self, child: SiteLayout, parents: Sequence[SiteLayout], within: bool) -> ChildFamily:
+    def family(
+        self, child: SiteLayout, parents: Sequence[SiteLayout], affine: Affine, fn: Any
+    ) -> ChildFamily:
+        """The family of a child with prior ``fn`` (decentred when ``fn`` has a scalar scale
+        and the child has real support)."""
         couplings = tuple(ParentCoupling(p, child, self.structure) for p in parents)
-        return ChildFamily(child, couplings, self.structure, within=within)
+        decenter_ok = affine.decenter and child.real_support and prior_scale(fn) is not None
+        return ChildFamily(
+            child, couplings, self.structure, within=affine.within, decenter=decenter_ok
+        )
 
     def check_config(self, site_names: Sequence[str]) -> None:
         """Raises ``ValueError`` for config entries naming sites the model never sampled."""
@@ -181,24 +200,29 @@ class DecorrelateMessenger(Messenger):
                 "config or the model."
             )
         child = site_layout(msg, self.dims)
-        family = self.family(child, [self._layouts[p] for p in affine.parents], affine.within)
-        params = {
-            key: numpyro.param(f"{name}_{key}", jnp.zeros(shape))
-            for key, shape in family.param_shapes().items()
-        }
-        parents_rot = {p: self._rotated_value(p) for p in affine.parents}
         fn = msg["fn"]
+        family = self.family(child, [self._layouts[p] for p in affine.parents], affine, fn)
+        params = {}
+        for key, init in family.param_inits().items():
+            self.coefficient_names.add(f"{name}_{key}")
+            params[key] = numpyro.param(f"{name}_{key}", init)
+        parents_rot = {p: self._rotated_value(p) for p in affine.parents}
         base = fn
         if not child.real_support:
             base = dist.TransformedDistribution(fn, biject_to(fn.support).inv)
+        scale = prior_scale(fn) if family.decenter else None
+        jacobian = (
+            decenter.log_jacobian(params, scale, fn.event_dim) if scale is not None else 0.0
+        )
 
         def to_model(u: Array) -> Array:
-            return aux_to_model(family, u, parents_rot, params)
+            return aux_to_model(family, u, parents_rot, params, scale)
 
         def to_aux(x: Array) -> Array:
-            return model_to_aux(family, x, parents_rot, params)
+            return model_to_aux(family, x, parents_rot, params, scale)
 
-        aux = numpyro.sample(name + AUX_SUFFIX, _AuxiliaryPrior(base, to_model, to_aux))
+        prior = _AuxiliaryPrior(base, to_model, to_aux, jacobian)
+        aux = numpyro.sample(name + AUX_SUFFIX, prior)
         unconstrained = to_model(aux)
         self._layouts[name], self._values[name] = child, unconstrained
         msg["type"] = "deterministic"
@@ -272,13 +296,15 @@ def freeze(model: Callable, coefficients: Mapping[str, Any]) -> Callable:
     The coefficient sites become constants hidden from outer handlers: SVI does not train them
     and NUTS sees a model without ``numpyro.param`` sites, i.e. a preconditioned model of the
     same posterior. ``coefficients`` may hold other entries too (e.g. all of an SVI result's
-    params): only names of the model's own ``numpyro.param`` sites take effect, and only those
-    are hidden.
+    params): only names of the model's own ``numpyro.param`` sites take effect. For a model
+    made by :func:`decorrelate`, every coefficient site is hidden, and those missing from
+    ``coefficients`` keep their initial values (no shift, centred).
     """
     names = set(coefficients)
+    owned = model.coefficient_names if isinstance(model, DecorrelateMessenger) else set()
 
     def hide(msg: dict) -> bool:
-        return msg["type"] == "param" and msg["name"] in names
+        return msg["type"] == "param" and (msg["name"] in names or msg["name"] in owned)
 
     return numpyro.handlers.block(
         numpyro.handlers.substitute(model, data=dict(coefficients)), hide_fn=hide

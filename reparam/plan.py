@@ -63,7 +63,8 @@ class LinearPlan:
             {s.name: self.structure.rotate_value(values[s.name], s, inverse) for s in self.sites}
         )
 
-    def _child_params(self, name: str, coefficients: Mapping[str, Array]) -> dict[str, Array]:
+    def child_params(self, name: str, coefficients: Mapping[str, Array]) -> dict[str, Array]:
+        """The linear coefficients of child ``name`` keyed as in its family."""
         family = self.families[name]
         return {key: coefficients[f"{name}_{key}"] for key in family.param_shapes()}
 
@@ -77,7 +78,7 @@ class LinearPlan:
         out = dict(v)
         for name, family in self.families.items():
             parents = {c.parent.name: v[c.parent.name] for c in family.couplings}
-            out[name] = family.from_aux(v[name], parents, self._child_params(name, coefficients))
+            out[name] = family.from_aux(v[name], parents, self.child_params(name, coefficients))
         return self.join(out)
 
     def sample_map(self, u_flat: Array, coefficients: Mapping[str, Array]) -> Array:
@@ -90,7 +91,7 @@ class LinearPlan:
                 z[site.name] = u[site.name]
                 continue
             parents = {c.parent.name: z[c.parent.name] for c in family.couplings}
-            params = self._child_params(site.name, coefficients)
+            params = self.child_params(site.name, coefficients)
             z[site.name] = family.from_aux(u[site.name], parents, params)
         return self.join(z)
 
@@ -100,7 +101,7 @@ class LinearPlan:
         u = dict(z)
         for name, family in self.families.items():
             parents = {c.parent.name: z[c.parent.name] for c in family.couplings}
-            u[name] = family.to_aux(z[name], parents, self._child_params(name, coefficients))
+            u[name] = family.to_aux(z[name], parents, self.child_params(name, coefficients))
         return self.join(u)
 
     def sampling_matrix(self, coefficients: Mapping[str, Array]) -> Array:
@@ -174,7 +175,7 @@ def linear_plan(
                     f"{name!r}; latent sites in order: {latent}."
                 )
         families[name] = model.family(
-            layouts[name], [layouts[p] for p in affine.parents], affine.within
+            layouts[name], [layouts[p] for p in affine.parents], affine, trace[name]["fn"]
         )
         involved |= {name, *affine.parents}
     unknown = [n for n in model.involve if n not in layouts]

@@ -131,6 +131,7 @@ def initialize(
     point, precision = local.newton(point)
     coefficients = local.coefficients(point, precision=precision)
     loc, sd = local.aux_point(point, coefficients, precision)
+    coefficients.update(local.decentering(point, coefficients, precision))
     families = local.plan.families
     values = {k: np.asarray(v, dtype) for k, v in point.items()}
     scales: dict[str, np.ndarray] = {}

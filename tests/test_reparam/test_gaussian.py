@@ -169,3 +169,21 @@ def test_freeze_hides_coefficients_from_svi():
     values = handlers.trace(handlers.seed(frozen, 1)).get_trace(RIDGE_Y)
     expected = values["a_decorrelated"]["value"] - 0.5 * values["mu"]["value"]
     np.testing.assert_allclose(values["a"]["value"], expected, rtol=1e-6)
+
+
+def test_decentering_centredness_is_the_likelihood_share():
+    """a_k ~ N(0, s), y_k ~ N(a_k, 1): at the mode s*, c = 1 / (1 + 1/s*^2) for every k (the
+    likelihood's share of a_k's precision), and the reference scale is s*."""
+    y = jnp.asarray([1.2, -0.4, 2.5, 0.3])
+
+    def model():
+        s = numpyro.sample("s", dist.HalfNormal(1.0))
+        a = numpyro.sample("a", dist.Normal(0.0, s).expand([4]).to_event(1))
+        numpyro.sample("y", dist.Normal(a, 1.0).to_event(1), obs=y)
+
+    local = reparam.LocalGaussian(reparam.decorrelate(model, {"a": []}), {"s": 1.0, "a": y})
+    start = reparam.initialize(local, {"s": 1.0, "a": jnp.zeros(4)})
+    s_star = float(start.point["s"])
+    np.testing.assert_allclose(start.coefficients["a_scale_ref"], s_star, rtol=1e-6)
+    np.testing.assert_allclose(start.coefficients["a_centering"], 1 / (1 + s_star**-2),
+                               rtol=1e-5)
