@@ -15,16 +15,20 @@ from numpyro.infer import SVI, Trace_ELBO
 
 
 def steps_to_plateau(losses: np.ndarray, window: int = 200, tail: int = 2000) -> int | None:
-    """First step after which the ``window``-step trailing mean of the loss stays within 1 nat
-    of the mean of the last ``tail`` steps; ``None`` if the run is too short to tell."""
+    """First step after which the trailing mean of the loss (over the last ``window`` steps, or
+    all steps so far during the first ``window``) stays within 1 nat of the mean of the last
+    ``tail`` steps; ``None`` if the run is too short to tell. 0 means the loss starts there."""
     losses = np.asarray(losses, np.float64)
     if len(losses) < tail + window:
         return None
-    trailing = np.convolve(losses, np.ones(window) / window, mode="valid")
+    sums = np.concatenate([[0.0], np.cumsum(losses)])
+    ends = np.arange(1, len(losses) + 1)
+    starts = np.maximum(ends - window, 0)
+    trailing = (sums[ends] - sums[starts]) / (ends - starts)
     outside = np.nonzero(np.abs(trailing - losses[-tail:].mean()) > 1.0)[0]
     if len(outside) == 0:
-        return window
-    last = int(outside[-1]) + window  # trailing mean ending at this step is still outside
+        return 0
+    last = int(outside[-1])  # the trailing mean ending at this step is still outside
     return last + 1 if last + 1 < len(losses) - tail else None
 
 

@@ -5,9 +5,13 @@ scale ``s``; where an element of ``u`` is determined by the prior rather than th
 spread is proportional to ``s``, which makes a funnel for NUTS (and a poor mean-field fit)
 when ``s`` is uncertain. Each auxiliary element is therefore sampled as ``v`` with
 
-    u_k = (s / s0)^(1 - c_k) v_k,     log |du/dv| = sum_k (1 - c_k) log(s / s0),
+    u_k = r_k + (s / s0)^(1 - c_k) (v_k - r_k),     log |du/dv| = sum_k (1 - c_k) log(s / s0),
 
-exactly (the Jacobian enters the auxiliary density). ``c_k = 1`` is centred (no change),
+exactly (the Jacobian enters the auxiliary density). The fixed centre ``r`` (``decenter_at``,
+set to ``u`` at the point the coefficients were fitted at) keeps the rescaling to deviations:
+``u`` carries the parents' shift, which is large when e.g. the data sit far from zero, and
+rescaling it whole would turn the scale's posterior spread into noise of that size.
+``c_k = 1`` is centred (no change),
 ``c_k = 0`` fully non-centred. At ``s = s0`` the map is the identity, so everything fitted at
 ``s0`` carries over. The centredness is set from the local Gaussian: with ``p_k`` the part of
 ``u_k``'s precision that comes from the child's own prior and ``P_k`` its total precision,
@@ -23,7 +27,7 @@ import jax.numpy as jnp
 import numpyro.distributions as dist
 from jax import Array
 
-DECENTER_KEYS = ("centering", "scale_ref")
+DECENTER_KEYS = ("centering", "scale_ref", "decenter_at")
 
 
 def prior_scale(fn: Any) -> Array | None:
@@ -43,6 +47,18 @@ def prior_scale(fn: Any) -> Array | None:
 def factor(params: dict[str, Array], scale: Array) -> Array:
     """``(s / s0)^(1 - c)`` elementwise."""
     return (scale / params["scale_ref"]) ** (1.0 - params["centering"])
+
+
+def decentred_to_aux(params: dict[str, Array], scale: Array, v: Array) -> Array:
+    """``u = r + factor * (v - r)``."""
+    centre = params["decenter_at"]
+    return centre + factor(params, scale) * (v - centre)
+
+
+def aux_to_decentred(params: dict[str, Array], scale: Array, u: Array) -> Array:
+    """Inverse of :func:`decentred_to_aux`: ``v = r + (u - r) / factor``."""
+    centre = params["decenter_at"]
+    return centre + (u - centre) / factor(params, scale)
 
 
 def log_jacobian(params: dict[str, Array], scale: Array, event_ndim: int) -> Array:

@@ -214,6 +214,7 @@ class ChildFamily:
         if self.decenter:
             inits["centering"] = jnp.ones(self.child.shape)
             inits["scale_ref"] = jnp.ones(())
+            inits["decenter_at"] = jnp.zeros(self.child.shape)
         return inits
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -262,10 +263,10 @@ class ChildFamily:
         """``x~ = u + W(u) - sum_k S_k(p~_k)``; ``aux`` may carry leading batch axes.
 
         With ``scale`` (the child's prior scale) and decentering params, ``aux`` is the
-        decentred ``v`` of :mod:`reparam.decenter` and ``u = factor * v`` first.
+        decentred ``v`` of :mod:`reparam.decenter` and ``u = r + factor * (v - r)`` first.
         """
         if scale is not None and "centering" in params:
-            aux = aux * decenter.factor(params, scale)
+            aux = decenter.decentred_to_aux(params, scale, aux)
         x = aux
         if "within" in params:
             u, axis = self._sequence_last(aux)
@@ -284,13 +285,13 @@ class ChildFamily:
         rhs = child_rot + self._total_shift(parents_rot, params)
         divide = scale is not None and "centering" in params
         if "within" not in params:
-            return rhs / decenter.factor(params, scale) if divide else rhs
+            return decenter.aux_to_decentred(params, scale, rhs) if divide else rhs
         r, axis = self._sequence_last(rhs)
         lower = self._lower_matrix(params["within"])
         lower = jnp.broadcast_to(lower, r.shape[:-1] + lower.shape[-2:])
         u = solve_triangular(lower, r[..., None], lower=True, unit_diagonal=True)[..., 0]
         u = jnp.moveaxis(u, -1, axis)
-        return u / decenter.factor(params, scale) if divide else u
+        return decenter.aux_to_decentred(params, scale, u) if divide else u
 
 
 # Jitted entry points: families are hashable, so eager calls (model initialisation, prior

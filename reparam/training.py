@@ -132,6 +132,9 @@ def initialize(
     coefficients = local.coefficients(point, precision=precision)
     loc, sd = local.aux_point(point, coefficients, precision)
     coefficients.update(local.decentering(point, coefficients, precision))
+    for name, family in local.plan.families.items():
+        if family.decenter:  # rescale deviations from the fitted point (reparam.decenter)
+            coefficients[f"{name}_decenter_at"] = np.asarray(loc[name])
     families = local.plan.families
     values = {k: np.asarray(v, dtype) for k, v in point.items()}
     scales: dict[str, np.ndarray] = {}

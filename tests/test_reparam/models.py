@@ -5,7 +5,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
-I, T = 4, 5
+NUM_ROWS, T = 4, 5
 
 
 def ridge_model(y):
@@ -26,12 +26,12 @@ def panel_model(y):
     """mu + a[i] + z[t] + A[i, t] with plates for a, event dims for the series."""
     mu = numpyro.sample("mu", dist.Normal(0.0, 10.0))
     s = numpyro.sample("s", dist.HalfNormal(1.0))
-    with numpyro.plate("i", I):
+    with numpyro.plate("i", NUM_ROWS):
         a = numpyro.sample("a", dist.Normal(0.0, s))
     z = numpyro.sample("z", dist.GaussianRandomWalk(0.3, T))
-    with numpyro.plate("i", I):
+    with numpyro.plate("i", NUM_ROWS):
         A = numpyro.sample("A", dist.GaussianRandomWalk(0.2, T))
-    scale = numpyro.sample("scale", dist.LogNormal(0.0, 0.5).expand([I]).to_event(1))
+    scale = numpyro.sample("scale", dist.LogNormal(0.0, 0.5).expand([NUM_ROWS]).to_event(1))
     loc = mu + a[:, None] + z + A
     numpyro.sample("y", dist.Normal(loc, 0.5 * scale[:, None]).to_event(2), obs=y)
 
@@ -41,4 +41,4 @@ PANEL_DIMS = {"mu": (), "a": ("i",), "z": ("t",), "A": ("i", "t"), "scale": ("i"
 
 def panel_data(seed: int = 0) -> jnp.ndarray:
     rng = np.random.default_rng(seed)
-    return jnp.asarray(rng.normal(size=(I, T)), jnp.float32)
+    return jnp.asarray(rng.normal(size=(NUM_ROWS, T)), jnp.float32)

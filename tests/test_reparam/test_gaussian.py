@@ -9,6 +9,9 @@ import numpyro.distributions as dist
 import optax
 import pytest
 from numpyro import handlers
+from numpyro.infer import SVI, Trace_ELBO
+from numpyro.infer.autoguide import AutoNormal
+from numpyro.infer.initialization import init_to_value
 from scipy import optimize, stats
 
 import reparam
@@ -187,3 +190,37 @@ def test_decentering_centredness_is_the_likelihood_share():
     np.testing.assert_allclose(start.coefficients["a_scale_ref"], s_star, rtol=1e-6)
     np.testing.assert_allclose(start.coefficients["a_centering"], 1 / (1 + s_star**-2),
                                rtol=1e-5)
+
+
+def _shift_model(y):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 100.0))
+    s = numpyro.sample("s", dist.HalfNormal(1.0))
+    a = numpyro.sample("a", dist.Normal(0.0, s).expand([4]).to_event(1))
+    numpyro.sample("y", dist.Normal(mu + a[:, None], 0.5).to_event(2), obs=y)
+
+
+def _initial_loss(y, recentre=True):
+    """Mean-field ELBO loss (400 particles, fixed key) of the initialised guide."""
+    model = reparam.decorrelate(_shift_model, {"a": ["mu"]})
+    point = {"mu": float(y.mean()), "s": 1.0, "a": jnp.zeros(4)}
+    start = reparam.initialize(reparam.LocalGaussian(model, point, y), point)
+    coefficients = dict(start.coefficients)
+    if not recentre:
+        coefficients["a_decenter_at"] = np.zeros_like(coefficients["a_decenter_at"])
+    frozen = reparam.freeze(model, coefficients)
+    values = {k: jnp.asarray(v) for k, v in start.guide.values.items()}
+    guide = AutoNormal(frozen, init_loc_fn=init_to_value(values=values))
+    svi = SVI(frozen, guide, optax.adam(1e-3), Trace_ELBO())
+    state = svi.init(jax.random.PRNGKey(0), y, init_params=start.guide.init_params())
+    elbo = Trace_ELBO(num_particles=400)
+    return float(elbo.loss(jax.random.PRNGKey(1), svi.get_params(state), frozen, guide, y))
+
+
+def test_decentring_is_invariant_to_a_constant_data_offset():
+    """Adding 100 to the data only moves mu's posterior (0.5 nats of its N(0, 100) prior): the
+    decentred child is rescaled around its fitted value, not around zero. Rescaled around
+    zero, the 100 * shift that u carries turns the scale's spread into ~100-unit noise."""
+    y = jnp.asarray(np.random.default_rng(4).normal(size=(4, 3)), jnp.float32)
+    base, shifted = _initial_loss(y), _initial_loss(y + 100.0)
+    assert abs(shifted - base) < 1.5
+    assert _initial_loss(y + 100.0, recentre=False) - base > 100.0
