@@ -8,6 +8,9 @@ and NUTS slow, without touching the model code. The log density is unchanged (un
 Low-level pieces: :mod:`reparam.family` (the map), :mod:`reparam.gaussian` (exact local
 coefficients), :mod:`reparam.laplace` (starting hyperparameters), :mod:`reparam.ceiling` (the
 best a family can reach), :mod:`reparam.training` (SVI initialisation and step sizes).
+
+``reparam.scan_reparam(model, {"x": "learnable"})`` applies reparameterizations to sites inside
+``numpyro.contrib.control_flow.scan`` bodies (:mod:`reparam.scan`).
 """
 
 from reparam.ceiling import Ceiling, ceiling
@@ -18,22 +21,35 @@ from reparam.laplace import LaplaceMode, laplace_mode
 from reparam.layout import SiteLayout
 from reparam.plan import LinearPlan, linear_plan
 from reparam.rotations import Helmert, get_rotation
+from reparam.scan import (
+    Centered,
+    LearnableCentering,
+    NonCentered,
+    ScanReparamMessenger,
+    StepAffine,
+    scan_reparam,
+)
 from reparam.training import GuideInit, Initialization, initialize, relative_steps
 
 __all__ = [
     "AUX_SUFFIX",
     "Affine",
     "Ceiling",
+    "Centered",
     "ChildFamily",
     "DecorrelateMessenger",
     "GuideInit",
     "Helmert",
     "Initialization",
     "LaplaceMode",
+    "LearnableCentering",
     "LinearPlan",
     "LocalGaussian",
+    "NonCentered",
     "ParentCoupling",
+    "ScanReparamMessenger",
     "SiteLayout",
+    "StepAffine",
     "Structure",
     "ceiling",
     "decorrelate",
@@ -45,4 +61,5 @@ __all__ = [
     "linear_plan",
     "optimal_factor",
     "relative_steps",
+    "scan_reparam",
 ]

@@ -9,12 +9,13 @@ The decorrelation (:meth:`TensorModel.decorrelated`) makes every location effect
 earlier location effects, in coordinates rotated by an orthonormal Helmert basis along each
 non-time dim, coupled densely along time. On complete data with fixed hyperparameters this
 family contains the exact posterior (the rotated posterior splits into small blocks, each a
-chain along time), so its ceiling is exact; see ``experiments/ceiling_b2.py`` (measured ceilings with missing
-cells too).
+chain along time), so its ceiling is exact; see ``experiments/ceiling_b2.py`` (measured
+ceilings with missing cells too).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -27,7 +28,7 @@ from jax import Array
 import reparam
 from tensorfact.priors import AR1, DriftRandomWalk, scale_prior
 from tensorfact.spec import GrandMean, ModelSpec, Shrinkage, Temporal
-from tensorfact.temporal import sample_scan_effect, start_point
+from tensorfact.temporal import sample_scan_effect, start_point, step_sites
 
 DecorrelateToggle = bool | Mapping[str, bool]
 
@@ -215,9 +216,25 @@ class TensorModel:
             self.decorrelation_config(decorrelate),
             rotate={d: "helmert" for d in spec.other_dims},
             sequence=spec.time,
-            dims={site.name: site.dims for site in self.location_sites},
-            involve=[site.name for site in self._decorrelatable_sites()],
+            dims={**{site.name: site.dims for site in self.location_sites}, **self.step_sites},
+            involve=[site.name for site in self._decorrelatable_sites()] + list(self.step_sites),
         )
+
+    @functools.cached_property
+    def step_sites(self) -> dict[str, tuple[str, ...]]:
+        """Per-step latent sites of the scan-transition effects -> dims (time first); they join
+        the Gaussian analysis of the start (see :func:`tensorfact.temporal.step_sites`)."""
+        spec = self.spec
+        scanned = {
+            e.name: spec.effect_dims(e)[:-1]
+            for e in spec.effects
+            if isinstance(e, Temporal) and not _vectorised(e)
+        }
+        if not scanned:
+            return {}
+        shape = self.shape_of(spec.dims)
+        return step_sites(self, scanned, spec.time, self.sizes[spec.time],
+                          jnp.zeros(shape), jnp.ones(shape, bool))
 
     def _decorrelatable_sites(self) -> tuple[LocationSite, ...]:
         """Location sites sampled as sites of this model (a scan-transition effect is a
