@@ -8,12 +8,15 @@ Typical use::
     import tensorfact
     fit = tensorfact.fit(data)                 # data: a 3-dim xarray.DataArray
     fit.summary(); fit.plot_elbo(); fit.predict()
+    fit.save("fit.nc"); fit = tensorfact.load("fit.nc").resume(1000)
 """
 
-from tensorfact.api import fit
+from tensorfact.api import check_inputs, fit
 from tensorfact.build import TensorModel
 from tensorfact.data import TensorData, as_tensor_data
 from tensorfact.exact import GaussianOracle, GaussianPosterior
+from tensorfact.infer.svi import NonFiniteLoss
+from tensorfact.persist import load
 from tensorfact.plot import plot_effect, plot_elbo
 from tensorfact.results import Fit
 from tensorfact.simulate import simulate_additive
@@ -34,13 +37,16 @@ __all__ = [
     "GrandMean",
     "ModelSpec",
     "Noise",
+    "NonFiniteLoss",
     "Shrinkage",
     "Temporal",
     "TensorData",
     "TensorModel",
     "as_tensor_data",
+    "check_inputs",
     "default_spec",
     "fit",
+    "load",
     "plot_effect",
     "plot_elbo",
     "simulate_additive",

@@ -1,14 +1,16 @@
-"""Fit results: labelled posterior draws, ArviZ, summaries, predictions and plots.
+"""Fit results: labelled posterior draws, ArviZ, summaries, predictions, plots, resume, save.
 
 :class:`Fit` holds results only; it never trains in ``__init__`` (training happens in
-:func:`tensorfact.fit`). Draws are in model coordinates with dims named after the input's dims
-and coordinates copied from it, plus ``chain`` and ``draw``.
+:func:`tensorfact.fit` and :meth:`Fit.resume`, which returns a new fit). Draws are in model
+coordinates with dims named after the input's dims and coordinates copied from it, plus
+``chain`` and ``draw``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from os import PathLike
 from typing import Any
 
 import numpy as np
@@ -16,6 +18,7 @@ import pandas as pd
 import xarray as xr
 
 from tensorfact.build import TensorModel
+from tensorfact.checks import check_flag, check_optimizer, check_positive_int
 from tensorfact.data import TensorData
 from tensorfact.spec import ModelSpec
 
@@ -52,6 +55,34 @@ def posterior_dataset(
     )
 
 
+def check_finite_draws(draws: Mapping[str, Any], source: str) -> None:
+    """Refuses posterior draws with NaN or infinite values (never returned silently).
+
+    Raises:
+        FloatingPointError: naming the sites.
+    """
+    bad = [k for k, v in draws.items() if not np.all(np.isfinite(np.asarray(v)))]
+    if bad:
+        raise FloatingPointError(
+            f"{source} posterior draws of {bad} contain NaN or inf values. Train longer with a "
+            "smaller learning rate, rescale the data, or try decorrelate=False."
+        )
+
+
+def svi_posterior(
+    svi: Any, settings: Mapping[str, Any], model: TensorModel, data: TensorData
+) -> xr.Dataset:
+    """Draws ``settings["num_draws"]`` samples from a trained guide (key: the fit's key folded
+    with 1) and labels them."""
+    import jax
+
+    key = jax.random.fold_in(np.asarray(settings["key"], np.uint32), 1)
+    draws = svi.draws(key, settings["num_draws"], settings["returned"])
+    draws = {k: v[None] for k, v in draws.items()}
+    check_finite_draws(draws, "SVI")
+    return posterior_dataset(draws, model, data)
+
+
 @dataclass
 class Fit:
     """Result of :func:`tensorfact.fit`.
@@ -66,7 +97,10 @@ class Fit:
         coefficients: decorrelation coefficients (``numpy`` arrays), for inspection.
         diagnostics: NUTS diagnostics (divergences, r-hat, ESS) when NUTS ran.
         seed: the seed used.
-        info: further facts about the run (timings, stopping reason, ...).
+        info: further facts about the run (timings, stopping reason, resumed steps, ...).
+
+    Save with :meth:`save` and read back with :func:`tensorfact.load`; continue SVI training
+    with :meth:`resume` (in the same session or after loading).
     """
 
     method: str
@@ -80,6 +114,103 @@ class Fit:
     seed: int = 0
     info: dict[str, Any] = field(default_factory=dict)
     _svi: Any = field(default=None, repr=False)
+    _settings: dict[str, Any] = field(default_factory=dict, repr=False)
+    _saved: dict[str, Any] | None = field(default=None, repr=False)
+
+    # -- training state ----------------------------------------------------------------------
+    @property
+    def guide_params(self) -> dict[str, np.ndarray]:
+        """The trained guide's parameters (constrained), e.g. ``mu_auto_loc``; empty if none."""
+        if self._svi is not None:
+            return {k: np.asarray(v) for k, v in self._svi.run.params.items()}
+        return dict(self._saved["params"]) if self._saved else {}
+
+    def _has_svi(self) -> bool:
+        return self._svi is not None or bool(self._saved and self._saved.get("leaves"))
+
+    def _svi_fit(self, optimizer: Any = None, resumable: bool = False) -> Any:
+        """The trained SVI fit, restored from the saved state for a loaded fit."""
+        if self._svi is not None:
+            if optimizer is not None:
+                raise ValueError(
+                    "optimizer= is only for fits loaded from a file that were trained with a "
+                    "custom optimizer; this fit resumes with the optimizer it was trained with."
+                )
+            return self._svi
+        if not self._has_svi():
+            raise ValueError(f"This {self.method} fit has no trained SVI guide.")
+        from tensorfact.persist import restore_svi_fit
+
+        svi = restore_svi_fit(self, optimizer, resumable)
+        if svi.run.runner is not None:
+            self._svi = svi
+        return svi
+
+    def resume(
+        self,
+        num_steps: int,
+        *,
+        stop_at_plateau: bool = False,
+        optimizer: Any = None,
+        progress_bar: bool = False,
+    ) -> Fit:
+        """Continues SVI training for ``num_steps`` more steps; returns a new fit.
+
+        The optimiser state (moments, step count, learning-rate schedule) and the random key
+        carry on and the loss trace continues, so ``fit(n).resume(m)`` equals ``fit(n + m)``
+        bitwise when both run without plateau stopping (``stop_at_plateau=False`` in
+        :func:`tensorfact.fit`). Posterior draws are redrawn from the updated guide with the
+        fit's key. This fit is left unchanged. Fits loaded with :func:`tensorfact.load`
+        resume too.
+
+        Args:
+            num_steps: further SVI steps (> 0).
+            stop_at_plateau: stop early once loss and guide have settled.
+            optimizer: only for a loaded fit that was trained with a custom ``optimizer=``
+                (optax transformations cannot be saved): pass the same transformation.
+            progress_bar: show a progress bar.
+
+        Raises:
+            ValueError: for a NUTS (or other non-SVI) fit, or a loaded fit trained with a
+                custom optimizer when ``optimizer`` is missing.
+            tensorfact.infer.NonFiniteLoss: if the loss becomes NaN or infinite.
+        """
+        check_positive_int("num_steps", num_steps)
+        check_flag("stop_at_plateau", stop_at_plateau)
+        check_flag("progress_bar", progress_bar)
+        check_optimizer(optimizer)
+        if self.method != "svi":
+            raise ValueError(
+                f"Only SVI fits can be resumed; this is a {self.method!r} fit. Resume the SVI "
+                "fit instead and pass it to tensorfact.fit(..., method='nuts', from_fit=...)."
+            )
+        from tensorfact.infer import Plateau, resume_svi
+
+        svi = self._svi_fit(optimizer, resumable=True)
+        stopping = Plateau() if stop_at_plateau else None
+        svi = resume_svi(svi, num_steps, stopping=stopping, progress_bar=progress_bar)
+        run = svi.run
+        info = {
+            **self.info,
+            "svi_steps": len(run.losses),
+            "svi_stopped": run.stopped,
+            "svi_seconds": float(self.info.get("svi_seconds", 0.0)) + run.seconds,
+            "resumed": [*self.info.get("resumed", []), int(num_steps)],
+        }
+        return replace(
+            self,
+            posterior=svi_posterior(svi, self._settings, self.model, self.data),
+            losses=np.asarray(run.losses),
+            info=info,
+            _svi=svi,
+            _saved=None,
+        )
+
+    def save(self, path: str | PathLike) -> None:
+        """Writes the fit to a netCDF file (see :func:`tensorfact.persist.save`)."""
+        from tensorfact.persist import save
+
+        save(self, path)
 
     # -- views ------------------------------------------------------------------------------
     @property
@@ -134,7 +265,9 @@ class Fit:
 
     def linear_predictor(self) -> xr.DataArray:
         """Draws of the cell means ``sum_e effect_e`` (``chain, draw, <data dims>``)."""
-        total = 0.0
+        # start from zeros over the data's dims: a spec need not have an effect on every dim
+        dtype = np.result_type(*(self.posterior[e.name].dtype for e in self.spec.effects))
+        total = self.data.to_dataarray(np.zeros(self.data.values.shape, dtype))
         for effect in self.spec.effects:
             total = total + self.posterior[effect.name]
         return total.transpose("chain", "draw", *self.data.dims)

@@ -21,9 +21,10 @@ effects ``mu, a, b, z, A, B, C``.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 ScalePrior = Literal["half_normal", "half_cauchy", "horseshoe"]
 TemporalKind = Literal["random_walk", "local_linear_trend", "ar1"]
@@ -32,11 +33,62 @@ TEMPORAL_KINDS = ("random_walk", "local_linear_trend", "ar1")
 MIN_TIME_STEPS = {"random_walk": 2, "local_linear_trend": 3, "ar1": 2}
 
 
-def _check_positive(owner: str, label: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{owner}: {label} must be a number, got {value!r}.")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{owner}: {label} must be finite and > 0, got {value!r}.")
+# Suffixes and infixes of names the package generates (decorrelation params, guide params).
+RESERVED_SUFFIXES = (
+    "_decorrelated", "_within", "_centering", "_scale_ref", "_decenter_at",  # reparam.decorrelate
+    "_noise", "_decentered", "_centered",  # reparam.scan
+    "_auto_loc", "_auto_scale", "_auto_scale_tril",  # autoguides
+)
+NOISE_SITES = ("sigma", "s_sigma", "sigma_series", "log_sigma_series")
+RESERVED_NAMES = (*NOISE_SITES, "y")
+RESERVED_DIMS = ("chain", "draw", "quantile", "sample")
+
+
+def check_dim_names(dims: Sequence[object]) -> None:
+    """Requires string dim names that the results do not use for their own dims or sites.
+
+    Raises:
+        TypeError: for a name that is not a string.
+        ValueError: for a reserved name (``chain, draw, quantile, sample`` or a noise site).
+    """
+    if not all(isinstance(d, str) for d in dims):
+        raise TypeError(
+            f"Dim names must be strings, got {tuple(dims)}; rename them (e.g. "
+            "data.rename({0: 'region'}) or dims=('region', 'product', 'year'))."
+        )
+    reserved = RESERVED_DIMS + NOISE_SITES
+    clash = [d for d in dims if d in reserved]
+    if clash:
+        raise ValueError(
+            f"Dim names {clash} are reserved for posterior draws and noise sites {reserved}; "
+            "rename the dims (e.g. data.rename(...))."
+        )
+
+
+def _check_real(owner: str, label: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{owner}: {label} must be a real number, got {value!r}; pass e.g. 1.0.")
+    if not math.isfinite(float(value)):
+        raise ValueError(
+            f"{owner}: {label} must be finite, got {value!r}; pass a finite number (e.g. 1.0)."
+        )
+    return float(value)
+
+
+def _check_positive(owner: str, label: str, value: object) -> None:
+    if _check_real(owner, label, value) <= 0:
+        raise ValueError(
+            f"{owner}: {label} must be > 0, got {value!r}; pass a positive scale (e.g. 1.0)."
+        )
+
+
+def _check_name(kind: str, name: object) -> None:
+    if not isinstance(name, str):
+        raise TypeError(f"{kind} name must be a string, got {name!r}.")
+    if not name.isidentifier():
+        raise ValueError(
+            f"{kind} name {name!r} must be a valid identifier (letters, digits, underscores)."
+        )
 
 
 @dataclass(frozen=True)
@@ -48,8 +100,8 @@ class GrandMean:
     scale: float = 100.0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.loc, (int, float)) or not math.isfinite(self.loc):
-            raise ValueError(f"GrandMean {self.name!r}: loc must be a finite number.")
+        _check_name("GrandMean", self.name)
+        _check_real(f"GrandMean {self.name!r}", "loc", self.loc)
         _check_positive(f"GrandMean {self.name!r}", "scale", self.scale)
 
     @property
@@ -67,7 +119,15 @@ class Shrinkage:
     prior_scale: float = 1.0
 
     def __post_init__(self) -> None:
+        _check_name("Shrinkage", self.name)
+        if isinstance(self.dims, str) or not isinstance(self.dims, Sequence):
+            raise TypeError(
+                f"Shrinkage {self.name!r}: dims must be a tuple of dim names, e.g. "
+                f"({self.dims!r},), got {self.dims!r}."
+            )
         object.__setattr__(self, "dims", tuple(self.dims))
+        if not all(isinstance(d, str) for d in self.dims):
+            raise TypeError(f"Shrinkage {self.name!r}: dim names must be strings, got {self.dims}.")
         if self.prior not in SCALE_PRIORS:
             raise ValueError(
                 f"Shrinkage {self.name!r}: unknown prior {self.prior!r}; use one of "
@@ -78,7 +138,8 @@ class Shrinkage:
             raise ValueError(
                 f"Shrinkage {self.name!r}: dims must name 1 or 2 distinct dims, got "
                 f"{self.dims}. An effect over all three dims is not identifiable against "
-                "the noise."
+                "the noise: drop it (the noise covers cell-level variation) or give it one or "
+                "two dims."
             )
 
     @property
@@ -96,14 +157,29 @@ class Temporal:
     ``local_linear_trend``: slope ``d`` is a random walk with scale ``s_slope``;
     ``x_0 ~ N(0, s)``, ``x_t = x_{t-1} + d_{t-1} + N(0, s)``.
     Innovation scales have ``HalfNormal(prior_scale)`` priors.
+
+    ``transition``: a user-written scan prior (see :mod:`tensorfact.temporal`), sampled with
+    NumPyro's contrib ``scan`` instead of the vectorised built-in; ``kind`` and
+    ``prior_scale`` are then unused (the transition samples its own hyperparameters).
     """
 
     name: str
     by: str | None = None
     kind: TemporalKind = "random_walk"
     prior_scale: float = 1.0
+    transition: Any = None
 
     def __post_init__(self) -> None:
+        _check_name("Temporal", self.name)
+        if self.by is not None and not isinstance(self.by, str):
+            raise TypeError(
+                f"Temporal {self.name!r}: by must be a dim name or None, got {self.by!r}."
+            )
+        if self.transition is not None and not callable(self.transition):
+            raise TypeError(
+                f"Temporal {self.name!r}: transition must be a callable "
+                f"prior(name, rows) -> (init_state, step), got {self.transition!r}."
+            )
         if self.kind not in TEMPORAL_KINDS:
             raise ValueError(
                 f"Temporal {self.name!r}: unknown kind {self.kind!r}; use one of "
@@ -125,6 +201,8 @@ class Noise:
     prior_scale: float = 1.0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.per_series, bool):
+            raise TypeError(f"Noise: per_series must be True or False, got {self.per_series!r}.")
         _check_positive("Noise", "prior_scale", self.prior_scale)
 
 
@@ -148,8 +226,11 @@ class ModelSpec:
     noise: Noise = field(default_factory=Noise)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "dims", tuple(self.dims))
-        object.__setattr__(self, "effects", tuple(self.effects))
+        for label in ("dims", "effects"):
+            value = getattr(self, label)
+            if isinstance(value, str) or not isinstance(value, Sequence):
+                raise TypeError(f"ModelSpec.{label} must be a tuple, got {value!r}.")
+            object.__setattr__(self, label, tuple(value))
         validate_spec(self)
 
     @property
@@ -176,47 +257,99 @@ class ModelSpec:
         return tuple(e.name for e in self.effects)
 
 
+def generated_names(effect: Effect) -> tuple[str, ...]:
+    """Every site name the model creates for ``effect`` (its location and hyperparameters; for
+    a temporal effect with a ``transition`` only its location, the transition names the rest)."""
+    names: tuple[str, ...] = (effect.name,)
+    if isinstance(effect, Shrinkage):
+        names += (effect.scale_site,)
+        if effect.prior == "horseshoe":
+            names += (f"lambda_{effect.name}",)
+    elif isinstance(effect, Temporal) and effect.transition is None:
+        names += (effect.scale_site,)
+        if effect.kind == "ar1":
+            names += (f"phi_{effect.name}",)
+        if effect.kind == "local_linear_trend":
+            names += (f"{effect.name}_slope", f"{effect.scale_site}_slope")
+    return names
+
+
 def validate_spec(spec: ModelSpec) -> None:
     """Checks names, dims and structure of a specification.
 
+    Checked: three distinct string dims (none of them named like the result dims
+    ``chain, draw, quantile, sample``), a time dim among them, at least one effect, effect
+    types, unique effect names whose generated site names (``s_<name>``, ``phi_<name>``, ...)
+    collide neither with each other, nor with dim names, nor with the noise sites, nor with the
+    names the decorrelation and the guide create; effect dims that the data have; at most one
+    grand mean.
+
     Raises:
         ValueError: naming the problem and the fix.
-        TypeError: for effects of the wrong type.
+        TypeError: for effects or names of the wrong type.
     """
     if len(spec.dims) != 3 or len(set(spec.dims)) != 3:
         raise ValueError(f"ModelSpec.dims must be three distinct names, got {spec.dims}.")
+    check_dim_names(spec.dims)
     if spec.time not in spec.dims:
-        raise ValueError(f"time dim {spec.time!r} is not one of the data dims {spec.dims}.")
-    names: set[str] = set()
+        raise ValueError(
+            f"time dim {spec.time!r} is not one of the data dims {spec.dims}; pass one of them."
+        )
+    if not spec.effects:
+        raise ValueError("A specification needs at least one effect (e.g. GrandMean()).")
+    owner: dict[str, str] = {}
     for effect in spec.effects:
         if not isinstance(effect, (GrandMean, Shrinkage, Temporal)):
             raise TypeError(
-                f"Effects must be GrandMean, Shrinkage or Temporal, got {type(effect).__name__}."
+                f"Effects must be GrandMean, Shrinkage or Temporal, got {type(effect).__name__} "
+                f"({effect!r}); build them with e.g. GrandMean() or Shrinkage('a', (dim,))."
             )
-        if not isinstance(effect.name, str) or not effect.name.isidentifier():
-            raise ValueError(f"Effect name {effect.name!r} must be a valid identifier.")
-        if effect.name in names:
-            raise ValueError(f"Two effects are named {effect.name!r}; effect names must be unique.")
-        names.add(effect.name)
+        _check_name("Effect", effect.name)
+        if effect.name in owner and owner[effect.name] == effect.name:
+            raise ValueError(
+                f"Two effects are named {effect.name!r}; effect names must be unique, rename "
+                "one of them."
+            )
+        _check_reserved(effect.name)
+        for site in generated_names(effect):
+            if site in owner:
+                raise ValueError(
+                    f"Effect {effect.name!r} creates the site {site!r}, which effect "
+                    f"{owner[site]!r} also creates; rename one of them."
+                )
+            if site in spec.dims or site in RESERVED_NAMES:
+                raise ValueError(
+                    f"Effect {effect.name!r} creates the site {site!r}, a name reserved for "
+                    f"{'a dim' if site in spec.dims else 'the noise or the data'}; rename it."
+                )
+            owner[site] = effect.name
         if isinstance(effect, Shrinkage):
             unknown = [d for d in effect.dims if d not in spec.dims]
             if unknown:
                 raise ValueError(
-                    f"Effect {effect.name!r} names dims {unknown} that the data lacks; the "
-                    f"data's dims are {spec.dims}."
+                    f"Effect {effect.name!r} names dims {unknown} that the data lack; the "
+                    f"data's dims are {spec.dims}: use those names."
                 )
         if isinstance(effect, Temporal) and effect.by is not None:
             if effect.by not in spec.dims or effect.by == spec.time:
                 raise ValueError(
                     f"Temporal effect {effect.name!r}: by={effect.by!r} must be one of the "
-                    f"non-time dims {tuple(d for d in spec.dims if d != spec.time)}."
+                    f"non-time dims {tuple(d for d in spec.dims if d != spec.time)}, or None "
+                    "for one series shared by all."
                 )
     if sum(isinstance(e, GrandMean) for e in spec.effects) > 1:
-        raise ValueError("A specification can hold at most one GrandMean.")
-    reserved = {"sigma", "s_sigma", "sigma_series", "y"}
-    clash = reserved & names
-    if clash:
-        raise ValueError(f"Effect names {sorted(clash)} are reserved for the noise and data.")
+        raise ValueError("A specification can hold at most one GrandMean; remove the others.")
+    if not isinstance(spec.noise, Noise):
+        raise TypeError(f"ModelSpec.noise must be a Noise, got {type(spec.noise).__name__}.")
+
+
+def _check_reserved(name: str) -> None:
+    bad = [s for s in RESERVED_SUFFIXES if name.endswith(s)]
+    if bad or "_shift_" in name:
+        raise ValueError(
+            f"Effect name {name!r} uses {bad[0] if bad else '_shift_'!r}, which the "
+            "decorrelation and the guide use for their own sites; choose another name."
+        )
 
 
 def default_spec(dims: Sequence[str], time: str | None = None) -> ModelSpec:
@@ -234,7 +367,7 @@ def default_spec(dims: Sequence[str], time: str | None = None) -> ModelSpec:
         raise ValueError(f"default_spec needs three dims, got {dims}.")
     time = dims[-1] if time is None else time
     if time not in dims:
-        raise ValueError(f"time={time!r} is not one of the dims {dims}.")
+        raise ValueError(f"time={time!r} is not one of the dims {dims}; pass one of them.")
     i, j = (d for d in dims if d != time)
     effects: tuple[Effect, ...] = (
         GrandMean("mu"),

@@ -1,8 +1,15 @@
 """Inference: a compiled SVI loop, NUTS with diagnostics, and the decorrelated workflow."""
 
-from tensorfact.infer.decorrelated import CoefficientModel, SVIFit, fit_nuts, fit_svi
+from tensorfact.infer.decorrelated import (
+    CoefficientModel,
+    SVIFit,
+    fit_nuts,
+    fit_svi,
+    restore_svi,
+    resume_svi,
+)
 from tensorfact.infer.nuts import NUTSDiagnostics, NUTSRun, run_nuts
-from tensorfact.infer.svi import NonFiniteLoss, Plateau, SVIRun, run_svi
+from tensorfact.infer.svi import NonFiniteLoss, Plateau, SVIRun, SVIRunner, continue_svi, run_svi
 
 __all__ = [
     "CoefficientModel",
@@ -12,8 +19,12 @@ __all__ = [
     "Plateau",
     "SVIFit",
     "SVIRun",
+    "SVIRunner",
+    "continue_svi",
     "fit_nuts",
     "fit_svi",
+    "restore_svi",
+    "resume_svi",
     "run_nuts",
     "run_svi",
 ]

@@ -14,22 +14,32 @@ Works for any model wrapped by :func:`reparam.decorrelate`, not only tensorfact'
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from numpy.typing import ArrayLike
 from numpyro import handlers
-from numpyro.infer import Predictive
+from numpyro.infer import SVI, Predictive, Trace_ELBO
 from numpyro.infer.autoguide import AutoGuide, AutoLowRankMultivariateNormal, AutoNormal
 from numpyro.infer.initialization import init_to_value
 
 import reparam
 from tensorfact.infer.nuts import NUTSRun, run_nuts
-from tensorfact.infer.svi import Plateau, SVIRun, run_svi
+from tensorfact.infer.svi import (
+    RUNNER_CACHE_SIZE,
+    Plateau,
+    SVIRun,
+    SVIRunner,
+    continue_svi,
+    run_svi,
+    shareable,
+)
 
 GuideKind = Literal["normal", "lowrank"]
 
@@ -54,18 +64,24 @@ class SVIFit:
         guide: the autoguide.
         model: the model SVI trained; call it with ``**model_kwargs``.
         coefficients: decorrelation coefficients in use (empty for a plain model).
-        start: the initialisation.
+        start: the initialisation (``None`` for a fit restored from a file).
+        args, kwargs: the model arguments (without the coefficients).
         refreshes: steps at which the coefficients were refitted.
+        optimizer: the optax transformation that trained the guide (used to resume).
+        cache_key: the :func:`svi_cache_key` under which compiled programs are shared
+            (``None``: not shared).
     """
 
     run: SVIRun
     guide: AutoGuide
     model: Callable
     coefficients: dict[str, np.ndarray]
-    start: reparam.Initialization
+    start: reparam.Initialization | None
     args: tuple
     kwargs: dict
     refreshes: list[int] = field(default_factory=list)
+    optimizer: optax.GradientTransformation | None = field(default=None, repr=False)
+    cache_key: Hashable | None = field(default=None, repr=False)
 
     @property
     def model_kwargs(self) -> dict[str, Any]:
@@ -76,15 +92,25 @@ class SVIFit:
     def draws(
         self, rng_key: jax.Array, num_samples: int, sites: Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:
-        """Posterior draws of model sites (model coordinates) from the guide."""
-        predictive = Predictive(
-            self.model,
-            guide=self.guide,
-            params=self.run.params,
-            num_samples=num_samples,
-            return_sites=list(sites) if sites is not None else None,
-        )
-        out = predictive(rng_key, *self.args, **self.model_kwargs)
+        """Posterior draws of model sites (model coordinates) from the guide.
+
+        With a ``cache_key`` the draws run as one compiled program shared by the fits of that
+        key (params and arguments traced); without one, NumPyro's ``Predictive`` runs as is.
+        """
+        returned = tuple(sites) if sites is not None else None
+        if self.cache_key is None or not shareable((self.args, self.model_kwargs)):
+            draw = _draw_program(self.model, self.guide, num_samples, returned, compiled=False)
+        else:
+            key = (self.cache_key, num_samples, returned)
+            draw = _DRAWS.get(key)
+            if draw is None:
+                draw = _draw_program(self.model, self.guide, num_samples, returned)
+                _DRAWS[key] = draw
+                while len(_DRAWS) > RUNNER_CACHE_SIZE:
+                    _DRAWS.popitem(last=False)
+            else:
+                _DRAWS.move_to_end(key)
+        out = draw(rng_key, self.run.params, self.args, self.model_kwargs)
         return {k: np.asarray(v) for k, v in out.items()}
 
     def median_point(self) -> dict[str, np.ndarray]:
@@ -101,6 +127,26 @@ class SVIFit:
         }
 
 
+_DRAWS: OrderedDict[Hashable, Callable] = OrderedDict()
+
+
+def _draw_program(
+    model: Callable,
+    guide: AutoGuide,
+    num_samples: int,
+    sites: tuple[str, ...] | None,
+    compiled: bool = True,
+) -> Callable:
+    """``(rng_key, params, args, kwargs) -> draws`` from ``guide`` pushed through ``model``."""
+
+    def draw(rng_key, params, args, kwargs):
+        predictive = Predictive(model, guide=guide, params=params, num_samples=num_samples,
+                                return_sites=list(sites) if sites is not None else None)
+        return predictive(rng_key, *args, **kwargs)
+
+    return jax.jit(draw) if compiled else draw
+
+
 def default_optimizer(learning_rate: float, relative: bool) -> optax.GradientTransformation:
     """Adam whose rate halves every 750 steps down to 2% of ``learning_rate``; location steps
     relative to the guide scales when ``relative``.
@@ -114,6 +160,17 @@ def default_optimizer(learning_rate: float, relative: bool) -> optax.GradientTra
     )
     adam = optax.adam(schedule)
     return optax.chain(adam, reparam.relative_steps()) if relative else adam
+
+
+def svi_cache_key(
+    model_key: Hashable | None, guide: GuideKind, learning_rate: float
+) -> Hashable | None:
+    """The key under which :func:`fit_svi` and :func:`restore_svi` share compiled SVI steps:
+    the model's key (its structure and sizes, as chosen by the caller) with the guide kind and
+    the default optimizer's learning rate; ``None`` (no sharing) without a model key."""
+    if model_key is None:
+        return None
+    return ("fit_svi", model_key, guide, float(learning_rate))
 
 
 def fit_svi(
@@ -132,6 +189,7 @@ def fit_svi(
     refresh_at: Sequence[int] = (),
     coefficient_learning_rate: float = 0.0,
     progress_bar: bool = False,
+    cache_key: Hashable | None = None,
     **kwargs: Any,
 ) -> SVIFit:
     """Trains a guide over ``model`` from the local Gaussian start.
@@ -153,6 +211,10 @@ def fit_svi(
         coefficient_learning_rate: train the coefficients by SVI too, with this Adam rate
             (0: keep them at the Gaussian fit; measured to be more accurate).
         progress_bar: show progress.
+        cache_key: a hashable identifying ``model`` completely (its structure and sizes;
+            the data and coefficients are arguments): fits with equal keys share the
+            compiled SVI step in this process. Used only with the default optimizer and
+            fixed coefficients. ``None``: compile anew.
     """
     decorrelated = model if isinstance(model, reparam.DecorrelateMessenger) else None
     analysis = analysis if analysis is not None else decorrelated
@@ -163,7 +225,8 @@ def fit_svi(
     coefficients = dict(start.coefficients) if decorrelated is not None else {}
     learn = decorrelated is not None and coefficient_learning_rate > 0
     train: Callable = model if decorrelated is None or learn else CoefficientModel(decorrelated)
-    init = init_to_value(values=start.guide.values)
+    # JAX arrays: contrib scan indexes init values with a traced step (NumPy arrays fail)
+    init = init_to_value(values={k: jnp.asarray(v) for k, v in start.guide.values.items()})
     if guide == "normal":
         autoguide: AutoGuide = AutoNormal(train, init_loc_fn=init)
         init_params = start.guide.init_params()
@@ -173,6 +236,9 @@ def fit_svi(
     else:
         raise ValueError(f"guide must be 'normal' or 'lowrank', got {guide!r}.")
     base = optimizer or default_optimizer(learning_rate, relative=guide == "normal")
+    shared = svi_cache_key(cache_key, guide, learning_rate)
+    if optimizer is not None or learn or not isinstance(train, CoefficientModel):
+        shared = None
     if learn:
         base = optax.multi_transform(
             {"coefficients": optax.adam(coefficient_learning_rate), "guide": base},
@@ -190,6 +256,8 @@ def fit_svi(
         start=start,
         args=args,
         kwargs=dict(kwargs),
+        optimizer=base,
+        cache_key=shared,
     )
     stops = sorted(s for s in refresh_at if 0 < s < num_steps) + [num_steps]
     done, state, runs = 0, None, []
@@ -197,7 +265,7 @@ def fit_svi(
         run = run_svi(
             train, autoguide, base, *args, rng_key=rng_key, num_steps=stop - done,
             stopping=stopping if stop == num_steps else None, init_params=init_params,
-            state=state, progress_bar=progress_bar, **call_kwargs,
+            state=state, progress_bar=progress_bar, cache_key=shared, **call_kwargs,
         )
         runs.append(run)
         done = stop
@@ -212,10 +280,106 @@ def fit_svi(
         state=runs[-1].state,
         stopped=runs[-1].stopped,
         seconds=sum(r.seconds for r in runs),
+        runner=runs[-1].runner,
     )
     if learn:
         fit.coefficients = {k: np.asarray(fit.run.params[k]) for k in coefficients}
     return fit
+
+
+def resume_svi(
+    fit: SVIFit,
+    num_steps: int,
+    *,
+    stopping: Plateau | None = None,
+    progress_bar: bool = False,
+) -> SVIFit:
+    """Continues training ``fit`` for ``num_steps`` steps (see :func:`continue_svi`): the
+    optimiser state, step count and random key carry on, so training in pieces matches one
+    uninterrupted run bitwise. ``fit`` itself is not changed.
+
+    Raises:
+        NonFiniteLoss: if a loss becomes NaN or infinite.
+    """
+    run = continue_svi(fit.run, num_steps, stopping=stopping, progress_bar=progress_bar)
+    return replace(fit, run=run, refreshes=list(fit.refreshes))
+
+
+def restore_svi(
+    decorrelated: reparam.DecorrelateMessenger,
+    *args: Any,
+    coefficients: Mapping[str, ArrayLike],
+    guide: GuideKind,
+    optimizer: optax.GradientTransformation,
+    leaves: Sequence[np.ndarray] | None,
+    losses: np.ndarray,
+    params: Mapping[str, ArrayLike] | None = None,
+    stopped: str = "max_steps",
+    chunk: int = 250,
+    cache_key: Hashable | None = None,
+    **kwargs: Any,
+) -> SVIFit:
+    """Rebuilds a trained :class:`SVIFit` from its saved ``SVIState`` leaves.
+
+    The guide and optimiser state are initialised once (to learn the state's tree structure;
+    no training step runs) and then replaced by ``leaves``, so the restored fit continues
+    exactly where the saved one stopped.
+
+    Args:
+        decorrelated: the decorrelated model the fit trained (coefficients held fixed).
+        *args, **kwargs: model arguments.
+        coefficients: the fit's decorrelation coefficients.
+        guide: the guide kind it used.
+        optimizer: the optax transformation it used.
+        leaves: ``jax.tree.leaves`` of its final ``SVIState``; ``None`` restores the guide
+            only (from ``params``), without a state to continue from.
+        losses: its loss trace.
+        params: its final constrained params (used when ``leaves`` is ``None``).
+        stopped: why it stopped.
+        chunk: steps per compiled chunk.
+        cache_key: :func:`svi_cache_key` of the fit (with the default optimizer only), to
+            share the compiled step with fits of the same model in this process.
+
+    Raises:
+        ValueError: if ``leaves`` do not fit the state this guide and optimiser create.
+    """
+    train = CoefficientModel(decorrelated)
+    coefficients = dict(coefficients)
+    if guide == "normal":
+        autoguide: AutoGuide = AutoNormal(train)
+    else:
+        autoguide = AutoLowRankMultivariateNormal(train, init_scale=0.01)
+    call_kwargs = {**kwargs, "coefficients": coefficients}
+    svi = SVI(train, autoguide, optimizer, Trace_ELBO())
+    template = svi.init(jax.random.PRNGKey(0), *args, **call_kwargs)
+    if leaves is None:
+        run = SVIRun(params={k: jnp.asarray(v) for k, v in dict(params or {}).items()},
+                     losses=np.asarray(losses), state=None, stopped=stopped, seconds=0.0)
+        return SVIFit(run=run, guide=autoguide, model=train, coefficients=coefficients,
+                      start=None, args=args, kwargs=dict(kwargs), optimizer=None)
+    expected, treedef = jax.tree.flatten(template)
+    shapes = [(np.shape(x), np.dtype(x.dtype)) for x in expected]
+    if shapes != [(np.shape(x), np.dtype(x.dtype)) for x in leaves]:
+        raise ValueError(
+            "The saved SVI state does not match the state of this guide and optimizer; resume "
+            "with the optimizer the fit was trained with."
+        )
+    state = jax.tree.unflatten(treedef, [_like(t, x) for t, x in zip(expected, leaves,
+                                                                        strict=True)])
+    key = (cache_key, 1) if cache_key is not None else None  # 1: run_svi's particle count
+    runner = SVIRunner.build(svi, args, call_kwargs, chunk, key)
+    run = SVIRun(params=svi.get_params(state), losses=np.asarray(losses), state=state,
+                 stopped=stopped, seconds=0.0, runner=runner)
+    return SVIFit(run=run, guide=autoguide, model=train, coefficients=coefficients, start=None,
+                  args=args, kwargs=dict(kwargs), optimizer=optimizer, cache_key=cache_key)
+
+
+def _like(template: jax.Array, value: ArrayLike) -> jax.Array:
+    """``value`` as a JAX array typed like ``template``, weak type included (a saved step
+    counter must not change the compiled step's signature)."""
+    if getattr(template, "weak_type", False) and np.ndim(value) == 0:
+        return jax.lax.full_like(template, value)
+    return jnp.asarray(value, dtype=template.dtype)
 
 
 def _refresh(

@@ -125,8 +125,18 @@ def run_nuts(
     return NUTSRun(samples=samples, diagnostics=diagnostics, mcmc=mcmc)
 
 
-def warn_if_unhealthy(diagnostics: NUTSDiagnostics) -> None:
-    """Warns (``RuntimeWarning``) with the numbers when a run looks unreliable."""
+def warn_if_unhealthy(
+    diagnostics: NUTSDiagnostics, stacklevel: int = 3, advice: str | None = None
+) -> None:
+    """Warns (``RuntimeWarning``) with the numbers when a run looks unreliable: divergent
+    transitions, r-hat above 1.01 or bulk ESS below 100.
+
+    Args:
+        diagnostics: the run's diagnostics.
+        stacklevel: passed to ``warnings.warn`` (3: the caller of the function that calls
+            this one).
+        advice: what to change, replacing the generic advice.
+    """
     problems = []
     if diagnostics.divergences:
         problems.append(f"{diagnostics.divergences} divergent transitions")
@@ -136,8 +146,10 @@ def warn_if_unhealthy(diagnostics: NUTSDiagnostics) -> None:
         problems.append(f"min bulk ESS {diagnostics.min_ess:.0f} < 100")
     if problems:
         warnings.warn(
-            "NUTS diagnostics: " + "; ".join(problems) + ". Run longer (more warmup/samples), "
-            "raise target_accept_prob, or check the decorrelation.",
+            "NUTS diagnostics: " + "; ".join(problems) + ". " + (
+                advice or "Run longer (more warmup/samples), raise target_accept_prob, or check "
+                "the decorrelation."
+            ),
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )

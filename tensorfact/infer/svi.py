@@ -11,7 +11,8 @@ by 0.4 (design notes), so the rule also requires every guide location to have mo
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,22 +42,165 @@ class Plateau:
     min_steps: int = 1000
 
 
+DEFAULT_HINT = (
+    "Try a smaller learning rate (or an optimizer with gradient clipping, e.g. "
+    "optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3))), a better starting point, "
+    "or check the data for extreme values."
+)
+
+
 class NonFiniteLoss(FloatingPointError):
     """Raised when SVI produces a NaN or infinite loss.
 
     Attributes:
-        step: the first step whose loss was not finite.
-        params: the last parameters whose loss was finite (constrained).
-        losses: the finite part of the loss trace.
+        step: the first step whose loss was not finite (0-based).
+        params: constrained parameters from just before the failure: those of the last step
+            whose loss was finite (``params_step``), or the initial ones if there is none.
+        params_step: the step whose parameters ``params`` are (their loss is ``losses[-1]``
+            when ``params_step == step - 1``).
+        state: the ``SVIState`` holding ``params``.
+        losses: the finite part of the loss trace (``losses[k]`` is step ``k``'s loss).
+        hint: what to change, as included in the message.
     """
 
-    def __init__(self, step: int, params: dict, losses: np.ndarray) -> None:
-        super().__init__(
-            f"SVI loss became non-finite at step {step}. The last finite parameters are kept "
-            "on this exception (.params). Try a smaller learning rate, a better starting "
-            "point, or check the data for extreme values."
+    def __init__(
+        self,
+        step: int,
+        params: dict,
+        losses: np.ndarray,
+        state: Any = None,
+        hint: str = DEFAULT_HINT,
+        params_step: int | None = None,
+    ) -> None:
+        self.step, self.params, self.losses, self.state = step, params, losses, state
+        self.params_step = max(step - 1, 0) if params_step is None else params_step
+        self.hint = hint
+        where = (
+            f"the last finite loss was {float(losses[-1]):.6g} at step {step - 1}"
+            if len(losses) else "no step had a finite loss"
         )
-        self.step, self.params, self.losses = step, params, losses
+        super().__init__(
+            f"SVI loss became non-finite (NaN or inf) at step {step}; {where}. The parameters "
+            f"of step {self.params_step} are kept on this exception (.params, .state). {hint}"
+        )
+
+    def __reduce__(self) -> tuple:
+        # picklable (e.g. across processes) although __init__ takes more than the message
+        return (NonFiniteLoss, (self.step, self.params, self.losses, self.state, self.hint,
+                                self.params_step))
+
+    def with_hint(self, hint: str) -> NonFiniteLoss:
+        """The same failure with another suggestion in the message."""
+        return NonFiniteLoss(
+            self.step, self.params, self.losses, self.state, hint, self.params_step
+        )
+
+
+@dataclass
+class SVIRunner:
+    """An initialised ``SVI`` object and its compiled chunk function (reused on resume).
+
+    The model arguments are arguments of the compiled function, not constants baked into it:
+    large data do not bloat the program, and a runner built with a ``cache_key`` reuses the
+    program compiled for an earlier runner with the same key (see :meth:`build`).
+
+    Attributes:
+        svi: the NumPyro ``SVI`` (``init`` has run, so ``get_params`` works).
+        run_chunk: ``(state, active_mask, arrays) -> (state, losses)``, compiled once.
+        chunk: steps per compiled chunk.
+        arrays: the array leaves of the model arguments, passed to ``run_chunk``.
+    """
+
+    svi: SVI
+    run_chunk: Callable
+    chunk: int
+    arrays: tuple = ()
+
+    @classmethod
+    def build(
+        cls,
+        svi: SVI,
+        args: tuple,
+        kwargs: Mapping[str, Any],
+        chunk: int,
+        cache_key: Hashable | None = None,
+    ) -> SVIRunner:
+        """Compiles ``chunk`` masked steps of ``svi.update`` (lazily, on first use).
+
+        Array leaves of ``args`` and ``kwargs`` (NumPy or JAX) are traced, so new values of
+        the same shapes do not recompile; other leaves (Python numbers, strings, ...) are
+        constants of the program.
+
+        Args:
+            svi: an initialised ``SVI``.
+            args, kwargs: model arguments.
+            chunk: steps per compiled chunk.
+            cache_key: ``None``, or a hashable that determines ``svi.update`` completely
+                apart from the state and the array arguments (the model's structure and
+                sizes, the guide kind, the optimizer and its settings). Runners built with
+                equal keys (and equal non-array arguments) in one process share one
+                compiled program; the most recent :data:`RUNNER_CACHE_SIZE` are kept (only
+                for arguments of at most :data:`SHARE_MAX_BYTES`: a shared program keeps
+                the first runner's objects alive, data included). An
+                incomplete key silently runs another model's computation, so pass one only
+                when every such ingredient is in it.
+        """
+        leaves, treedef = jax.tree.flatten((tuple(args), dict(kwargs)))
+        traced = tuple(isinstance(x, (np.ndarray, np.generic, jax.Array)) for x in leaves)
+        fixed = tuple(x for x, t in zip(leaves, traced, strict=True) if not t)
+        arrays = tuple(x for x, t in zip(leaves, traced, strict=True) if t)
+        key = None
+        if cache_key is not None and shareable(arrays):
+            key = (cache_key, chunk, treedef, traced, fixed)
+        try:
+            run_chunk = _RUNNERS.get(key) if key is not None else None
+        except TypeError:  # an unhashable constant argument: no sharing
+            key, run_chunk = None, None
+        if run_chunk is None:
+            run_chunk = _compile_chunk(svi, treedef, traced, fixed)
+            if key is not None:
+                _RUNNERS[key] = run_chunk
+                while len(_RUNNERS) > RUNNER_CACHE_SIZE:
+                    _RUNNERS.popitem(last=False)
+        else:
+            _RUNNERS.move_to_end(key)
+        return cls(svi=svi, run_chunk=run_chunk, chunk=chunk, arrays=arrays)
+
+    def advance(self, state: Any, steps: int) -> tuple[Any, np.ndarray]:
+        """Runs ``steps <= chunk`` steps (one compiled chunk, the rest masked)."""
+        state, losses = self.run_chunk(state, jnp.arange(self.chunk) < steps, self.arrays)
+        return state, np.asarray(losses)[:steps]
+
+
+RUNNER_CACHE_SIZE = 8
+SHARE_MAX_BYTES = 2**24
+_RUNNERS: OrderedDict[Hashable, Callable] = OrderedDict()
+
+
+def shareable(arrays: Any) -> bool:
+    """Whether arguments are small enough (:data:`SHARE_MAX_BYTES`) for a shared program."""
+    return sum(int(np.asarray(x).nbytes) if not isinstance(x, jax.Array) else int(x.nbytes)
+               for x in jax.tree.leaves(arrays)) <= SHARE_MAX_BYTES
+
+
+def _compile_chunk(svi: SVI, treedef: Any, traced: tuple[bool, ...], fixed: tuple) -> Callable:
+    """``svi.update`` scanned over a chunk of steps; where ``active`` is false a step is
+    masked out (the state, random key included, is left unchanged)."""
+
+    @jax.jit
+    def run_chunk(state, length_mask, arrays):
+        given, constant = iter(arrays), iter(fixed)
+        leaves = [next(given) if t else next(constant) for t in traced]
+        args, kwargs = jax.tree.unflatten(treedef, leaves)
+
+        def body(state, active):
+            new_state, loss = svi.update(state, *args, **kwargs)
+            state = jax.tree.map(lambda n, o: jnp.where(active, n, o), new_state, state)
+            return state, jnp.where(active, loss, jnp.nan)
+
+        return jax.lax.scan(body, state, length_mask)
+
+    return run_chunk
 
 
 @dataclass
@@ -69,6 +213,8 @@ class SVIRun:
         state: the final ``SVIState`` (to resume).
         stopped: ``"plateau"`` or ``"max_steps"``.
         seconds: wall time of the training loop (excluding setup).
+        extra: further facts.
+        runner: the compiled stepper (:func:`continue_svi` reuses it).
     """
 
     params: dict[str, Any]
@@ -77,6 +223,7 @@ class SVIRun:
     stopped: str
     seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
+    runner: SVIRunner | None = field(default=None, repr=False)
 
 
 def _guide_drift(before: Mapping[str, Any], after: Mapping[str, Any]) -> float:
@@ -114,6 +261,7 @@ def run_svi(
     progress_bar: bool = False,
     chunk: int = 250,
     num_particles: int = 1,
+    cache_key: Hashable | None = None,
     **kwargs: Any,
 ) -> SVIRun:
     """Runs SVI in compiled chunks.
@@ -126,45 +274,90 @@ def run_svi(
         num_steps: step limit.
         stopping: optional :class:`Plateau` rule.
         init_params: initial params for ``SVI.init`` (constrained).
-        state: an ``SVIState`` to continue from instead of initialising.
+        state: an ``SVIState`` to continue from instead of the initial one (``SVI.init``
+            still runs, to set up the guide; :func:`continue_svi` continues a run without it).
         progress_bar: show a tqdm bar.
         chunk: steps per compiled chunk (the rule is checked between chunks, so it is
             aligned to ``chunk``).
         num_particles: ELBO particles.
+        cache_key: share the compiled step with earlier runs of the same key (see
+            :meth:`SVIRunner.build`; the particle count is added to it here).
+
+    Returns:
+        The run; its ``runner`` lets :func:`continue_svi` carry on without recompiling.
 
     Raises:
-        NonFiniteLoss: if a loss is NaN or infinite.
+        NonFiniteLoss: if a loss is NaN or infinite; it reports the step and keeps the
+            parameters of the last step with a finite loss.
     """
     svi = SVI(model, guide, optimizer, Trace_ELBO(num_particles=num_particles))
-    if state is None:
-        state = svi.init(rng_key, *args, init_params=init_params, **kwargs)
+    initial = svi.init(rng_key, *args, init_params=init_params, **kwargs)
+    state = initial if state is None else state
+    key = (cache_key, num_particles) if cache_key is not None else None
+    runner = SVIRunner.build(svi, args, kwargs, chunk, key)
+    return _train(runner, state, num_steps, stopping, progress_bar, np.zeros(0))
 
-    @jax.jit
-    def run_chunk(state, length_mask):
-        def body(state, active):
-            new_state, loss = svi.update(state, *args, **kwargs)
-            state = jax.tree.map(lambda n, o: jnp.where(active, n, o), new_state, state)
-            return state, jnp.where(active, loss, jnp.nan)
 
-        return jax.lax.scan(body, state, length_mask)
+def continue_svi(
+    run: SVIRun,
+    num_steps: int,
+    *,
+    stopping: Plateau | None = None,
+    progress_bar: bool = False,
+) -> SVIRun:
+    """Continues a run for ``num_steps`` more steps from its final state.
 
-    losses: list[np.ndarray] = []
+    The optimiser state (step count, moments, schedule) and the random key carry on, and the
+    compiled chunk is reused, so continuing a run of ``n`` steps by ``m`` gives bitwise the
+    same losses and parameters as one run of ``n + m`` steps (without a stopping rule).
+
+    Args:
+        run: a run from :func:`run_svi` or :func:`continue_svi` (it needs its ``runner``).
+        num_steps: further steps.
+        stopping: optional plateau rule, applied to the whole loss trace.
+        progress_bar: show a tqdm bar.
+
+    Returns:
+        A new run whose ``losses`` are the old trace followed by the new steps.
+
+    Raises:
+        ValueError: if ``run`` has no runner.
+        NonFiniteLoss: if a loss is NaN or infinite (its step counts from the first run).
+    """
+    if run.runner is None:
+        raise ValueError("This SVI run has no compiled runner to continue from.")
+    return _train(run.runner, run.state, num_steps, stopping, progress_bar, run.losses)
+
+
+def _train(
+    runner: SVIRunner,
+    state: Any,
+    num_steps: int,
+    stopping: Plateau | None,
+    progress_bar: bool,
+    earlier: np.ndarray,
+) -> SVIRun:
+    """Advances ``state`` by up to ``num_steps`` steps; ``earlier`` is the trace so far."""
+    svi, chunk = runner.svi, runner.chunk
+    losses: list[np.ndarray] = [np.asarray(earlier)]
+    offset = len(earlier)
     done, stopped = 0, "max_steps"
     watched = stopping.window if stopping is not None else 0
     history: list[tuple[int, dict]] = [(0, svi.get_params(state))]
+    checkpoint = (state, 0)  # a state and its step, at most one chunk before the current one
     bar = tqdm(total=num_steps, disable=not progress_bar, desc="SVI", unit="step")
     start = time.perf_counter()
     try:
         while done < num_steps:
             length = min(chunk, num_steps - done)
             previous_state = state
-            state, chunk_losses = run_chunk(state, jnp.arange(chunk) < length)
-            chunk_losses = np.asarray(chunk_losses)[:length]
+            state, chunk_losses = runner.advance(state, length)
             if not np.all(np.isfinite(chunk_losses)):
                 bad = int(np.argmin(np.isfinite(chunk_losses)))
-                trace = np.concatenate([*losses, chunk_losses[:bad]])
-                raise NonFiniteLoss(done + bad, svi.get_params(previous_state), trace)
+                raise _non_finite(runner, losses, chunk_losses, bad, done, offset,
+                                  (previous_state, done) if bad else checkpoint)
             losses.append(chunk_losses)
+            checkpoint = (previous_state, done)
             done += length
             bar.update(length)
             bar.set_postfix(loss=f"{float(np.mean(chunk_losses)):.4g}")
@@ -183,8 +376,30 @@ def run_svi(
     jax.block_until_ready(state)
     return SVIRun(
         params=svi.get_params(state),
-        losses=np.concatenate(losses) if losses else np.zeros(0),
+        losses=np.concatenate(losses),
         state=state,
         stopped=stopped,
         seconds=time.perf_counter() - start,
+        runner=runner,
     )
+
+
+def _non_finite(
+    runner: SVIRunner,
+    losses: list[np.ndarray],
+    chunk_losses: np.ndarray,
+    bad: int,
+    done: int,
+    offset: int,
+    checkpoint: tuple[Any, int],
+) -> NonFiniteLoss:
+    """The error for a non-finite loss at local step ``done + bad``, with the state of the
+    last finite step recomputed (deterministically) from ``checkpoint``."""
+    trace = np.concatenate([*losses, chunk_losses[:bad]])
+    last = done + bad - 1  # local index of the last finite step; its params gave a finite loss
+    state, at = checkpoint
+    steps = max(last - at, 0)
+    if steps:
+        state, _ = runner.advance(state, steps)
+    return NonFiniteLoss(offset + done + bad, runner.svi.get_params(state), trace, state,
+                         params_step=offset + at + steps)
