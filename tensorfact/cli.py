@@ -1,6 +1,7 @@
 """Command line: ``tensorfact demo`` and ``tensorfact fit``.
 
-Errors are reported as one line on stderr with exit code 2, never as a traceback.
+Errors (bad options, unreadable files, invalid data, failed fits) are reported as one line on
+stderr with exit code 2, never as a traceback.
 """
 
 from __future__ import annotations
@@ -9,60 +10,148 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
 DEMO_SIZES = {"region": 12, "product": 6, "year": 20}
+SVI_STEPS = 5000  # tensorfact.fit's num_steps default
+NUTS_SVI_STEPS = 2000  # tensorfact.fit's svi_steps_for_nuts default
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit code 2), not usage + message."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+FIT_DESCRIPTION = """\
+Fits the default additive model
+
+    y[i,j,t] ~ Normal(mu + a[i] + b[j] + z[t] + A[i,t] + B[j,t] + C[i,j], sigma^2)
+
+to a 3-dim variable of a netCDF file (NaN = missing cell; i, j, t are the variable's dims in
+order, t the time dim). Writes to --out:
+
+  fit.nc        the saved fit (reload with tensorfact.load)
+  posterior.nc  posterior draws (chain, draw, <your dims>) in model coordinates
+  summary.csv   mean, sd and 90% interval of every effect element and scale
+  elbo.png      the SVI loss trace (-ELBO); for NUTS, that of the SVI run that starts it
+  effect_z.png, effect_A.png, effect_B.png   temporal effects with 90% bands
+
+Errors are reported as one line on stderr with exit code 2."""
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="tensorfact",
         description="Bayesian additive models of 3-way arrays with decorrelating "
-        "reparameterizations.",
+        "reparameterizations. Run 'tensorfact demo --help' or 'tensorfact fit --help' for "
+        "the options of each command.",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{demo,fit}")
     demo = commands.add_parser(
         "demo",
         help="simulate a small tensor, fit it with and without decorrelation, write an ELBO "
         "plot and a summary",
-        description="Simulates a region x product x year tensor (10%% of cells missing), fits "
+        description="Simulates a region x product x year tensor (10% of cells missing), fits "
         "it with SVI with and without decorrelation, and writes elbo.png, effect_A.png, "
         "summary.csv and comparison.txt to --out.",
     )
-    demo.add_argument("--out", type=Path, default=Path("tensorfact-demo"),
+    demo.add_argument("--out", type=Path, default=Path("tensorfact-demo"), metavar="DIR",
                       help="output folder (default: ./tensorfact-demo)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo.add_argument("--seed", type=_non_negative_int, default=0, metavar="S",
+                      help="random seed (default 0)")
     fit = commands.add_parser(
         "fit",
-        help="fit a netCDF file",
-        description="Fits the default additive model to a 3-dim variable of a netCDF file and "
-        "writes the posterior (posterior.nc), summary.csv and plots to --out.",
+        help="fit a 3-dim variable of a netCDF file; write the fit, a summary and plots",
+        description=FIT_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    fit.add_argument("data", type=Path, help="netCDF file holding a 3-dim variable")
-    fit.add_argument("--var", help="variable name (default: the only 3-dim variable)")
-    fit.add_argument("--time", help="name of the time dim (default: the last dim)")
+    fit.add_argument("data", type=Path, metavar="DATA.nc",
+                     help="netCDF file holding the 3-dim variable to fit")
+    fit.add_argument("--var", metavar="NAME",
+                     help="variable to fit (default: the file's only 3-dim variable)")
+    fit.add_argument("--time", metavar="DIM", help="name of the time dim (default: the last dim)")
     fit.add_argument("--method", choices=("svi", "nuts"), default="svi",
-                     help="inference method (default svi)")
+                     help="svi: variational, fast (default); nuts: MCMC on the decorrelated "
+                     "model, started from a short SVI run")
     fit.add_argument("--no-decorrelate", nargs="*", metavar="EFFECT", default=None,
-                     help="switch decorrelation off for these effects (no names: for all)")
-    fit.add_argument("--steps", type=int, default=5000, help="SVI step limit (default 5000)")
-    fit.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    fit.add_argument("--out", type=Path, required=True, help="output folder")
+                     help="switch decorrelation off for these effects (mu a b z A B C); with "
+                     "no names, for all of them. Put it after DATA.nc")
+    fit.add_argument("--steps", type=_positive_int, default=None, metavar="N",
+                     help="SVI step limit; SVI stops earlier once the loss and the parameters "
+                     f"have settled (default {SVI_STEPS}; with --method nuts, the steps of the "
+                     f"SVI run that sets the decorrelation and starts NUTS, default "
+                     f"{NUTS_SVI_STEPS})")
+    fit.add_argument("--samples", type=_positive_int, default=1000, metavar="N",
+                     help="NUTS: draws per chain after warmup (default 1000)")
+    fit.add_argument("--warmup", type=_non_negative_int, default=500, metavar="N",
+                     help="NUTS: warmup iterations per chain (default 500)")
+    fit.add_argument("--chains", type=_positive_int, default=4, metavar="N",
+                     help="NUTS: number of chains, run one after another (default 4)")
+    fit.add_argument("--seed", type=_non_negative_int, default=0, metavar="S",
+                     help="random seed; the same seed gives the same result (default 0)")
+    fit.add_argument("--quiet", action="store_true", help="no progress bars")
+    fit.add_argument("--out", type=Path, required=True, metavar="DIR",
+                     help="output folder (created if missing)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``tensorfact`` command."""
-    args = _parser().parse_args(argv)
+    """Entry point of the ``tensorfact`` command.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit code: 0 on success, 2 on any error (reported as one line on stderr).
+    """
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as stop:  # --help (0) or a usage error (2, already printed)
+        return int(stop.code or 0)
     try:
         if args.command == "demo":
             run_demo(args.out, args.seed)
         else:
             run_fit(args)
-    except (ValueError, TypeError, OSError, KeyError) as error:
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        print(f"tensorfact: error: {message}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("tensorfact: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - the CLI reports every failure as one line
+        print(f"tensorfact: error: {_one_line(error)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    if not text:
+        return type(error).__name__
+    if isinstance(error, (ValueError, TypeError, OSError, KeyError)):
+        return text
+    return f"{type(error).__name__}: {text}"
 
 
 def run_demo(out: Path, seed: int) -> None:
@@ -107,48 +196,106 @@ def run_demo(out: Path, seed: int) -> None:
           f"{out / 'comparison.txt'}")
 
 
+def load_variable(path: Path, var: str | None) -> Any:
+    """Reads the variable to fit from a netCDF file, with one-line errors.
+
+    Args:
+        path: the netCDF file.
+        var: the variable's name, or ``None`` for the file's only 3-dim variable.
+
+    Returns:
+        The variable as an in-memory ``xarray.DataArray``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file cannot be read as netCDF, the variable is missing or ambiguous,
+            or it is not 3-dim.
+    """
+    import xarray as xr
+
+    if not path.exists():
+        raise FileNotFoundError(f"no such file: {path}")
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a netCDF file")
+    try:
+        dataset = xr.open_dataset(path)
+    except Exception as error:  # noqa: BLE001 - any reader failure means a bad file
+        raise ValueError(
+            f"cannot read {path} as netCDF ({type(error).__name__}); is it a netCDF file?"
+        ) from None
+    with dataset:
+        if var is None:
+            candidates = [str(k) for k, v in dataset.data_vars.items() if v.ndim == 3]
+            if len(candidates) != 1:
+                found = ", ".join(f"{k} {tuple(v.dims)}" for k, v in dataset.data_vars.items())
+                raise ValueError(
+                    f"{path} has {len(candidates)} 3-dim variables (variables: "
+                    f"{found or 'none'}); choose one with --var"
+                )
+            var = candidates[0]
+        if var not in dataset.data_vars:
+            raise ValueError(
+                f"{path} has no variable {var!r}; it has {[str(k) for k in dataset.data_vars]}"
+            )
+        data = dataset[var]
+        if data.ndim != 3:
+            raise ValueError(
+                f"variable {var!r} has {data.ndim} dims {tuple(data.dims)}; tensorfact fit "
+                "needs a 3-dim variable"
+            )
+        try:
+            return data.load()
+        except Exception as error:  # noqa: BLE001 - a truncated or corrupt file
+            raise ValueError(
+                f"cannot read variable {var!r} from {path} ({type(error).__name__})"
+            ) from None
+
+
 def run_fit(args: argparse.Namespace) -> None:
-    """``tensorfact fit``: netCDF in, posterior, summary and plots out."""
+    """``tensorfact fit``: netCDF in; saved fit, posterior, summary and plots out."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import xarray as xr
+    import matplotlib.pyplot as plt
 
     import tensorfact
 
-    if not args.data.exists():
-        raise FileNotFoundError(f"no such file: {args.data}")
-    try:
-        dataset = xr.open_dataset(args.data)
-    except Exception as error:  # noqa: BLE001 - any reader failure is a bad file
-        raise ValueError(f"cannot read {args.data} as netCDF ({type(error).__name__})") from None
-    with dataset:
-        if args.var is None:
-            candidates = [k for k, v in dataset.data_vars.items() if v.ndim == 3]
-            if len(candidates) != 1:
-                raise ValueError(
-                    f"{args.data} has {len(candidates)} 3-dim variables {candidates}; "
-                    "choose one with --var"
-                )
-            args.var = candidates[0]
-        if args.var not in dataset:
-            raise ValueError(f"{args.data} has no variable {args.var!r}")
-        data = dataset[args.var].load()
+    data = load_variable(args.data, args.var)
     if args.no_decorrelate is None:
         decorrelate: bool | dict[str, bool] = True
     elif not args.no_decorrelate:
         decorrelate = False
     else:
         decorrelate = dict.fromkeys(args.no_decorrelate, False)
-    fit = tensorfact.fit(data, method=args.method, decorrelate=decorrelate, seed=args.seed,
-                         num_steps=args.steps, time=args.time, progress_bar=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    fit.posterior.to_netcdf(args.out / "posterior.nc", engine="h5netcdf")
-    fit.summary().to_csv(args.out / "summary.csv")
-    if fit.losses is not None:
+    if args.method == "nuts":
+        steps = {"svi_steps_for_nuts": args.steps or NUTS_SVI_STEPS}
+    else:
+        steps = {"num_steps": args.steps or SVI_STEPS}
+    fit = tensorfact.fit(
+        data, method=args.method, decorrelate=decorrelate, seed=args.seed, time=args.time,
+        num_samples=args.samples, num_warmup=args.warmup, num_chains=args.chains,
+        progress_bar=not args.quiet, **steps,
+    )
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    fit.save(out / "fit.nc")
+    written = ["fit.nc"]
+    fit.posterior.to_netcdf(out / "posterior.nc", engine="h5netcdf")
+    fit.summary().to_csv(out / "summary.csv")
+    written += ["posterior.nc", "summary.csv"]
+    if fit.losses is not None and len(fit.losses):
         ax = fit.plot_elbo()
-        ax.figure.savefig(args.out / "elbo.png", dpi=130, bbox_inches="tight")
-    print(f"Wrote results to {args.out}")
+        ax.figure.savefig(out / "elbo.png", dpi=130, bbox_inches="tight")
+        plt.close(ax.figure)
+        written.append("elbo.png")
+    for effect in fit.spec.effects:
+        if isinstance(effect, tensorfact.Temporal) and effect.name in fit.posterior:
+            ax = fit.plot_effect(effect.name)
+            ax.figure.savefig(out / f"effect_{effect.name}.png", dpi=130, bbox_inches="tight")
+            plt.close(ax.figure)
+            written.append(f"effect_{effect.name}.png")
+    print(f"{fit.method.upper()} fit of {data.name or 'the data'} {dict(data.sizes)} in "
+          f"{fit.info['seconds']:.0f} s; wrote {', '.join(written)} to {out}")
 
 
 if __name__ == "__main__":
