@@ -77,8 +77,10 @@ def fit(
         data: a 3-dim ``xarray.DataArray`` (NaN = missing), or a NumPy array with ``dims``.
         spec: the model (default: :func:`tensorfact.default_spec` of the data's dims: effects
             ``mu, a, b, z, A, B, C``); its dims must be the data's, in the same order.
-        method: ``"svi"`` (variational, fast) or ``"nuts"`` (MCMC on the decorrelated model,
-            coefficients from a short SVI or from ``from_fit``). NUTS warns
+        method: ``"svi"`` (variational, fast), ``"nuts"`` (MCMC on the decorrelated model,
+            coefficients from a short SVI or from ``from_fit``) or ``"exact"`` (Gaussian
+            likelihood only: the location effects integrated out, NUTS over the scales, exact
+            conditional draws; :mod:`tensorfact.collapsed`). NUTS warns
             (``RuntimeWarning``) with the numbers when it diverges or r-hat/ESS look bad.
         decorrelate: ``True``, ``False`` or ``{effect: bool}`` (effects not named stay on).
         seed: integer in ``[0, 2**32)`` or a JAX PRNG key; the same data, spec, settings and
