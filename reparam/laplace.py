@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
+from jax.flatten_util import ravel_pytree
 from numpyro.infer.util import constrain_fn, potential_energy
 from scipy import optimize
 
@@ -101,20 +102,12 @@ def laplace_mode(
     with jax.enable_x64(True):
         unconstrained = local.unconstrained(as_float64(point))
         names = sorted(k for k in unconstrained if k not in involved)
-        shapes = {k: jnp.shape(unconstrained[k]) for k in names}
-        sizes = [int(np.prod(shapes[k])) for k in names]
-
-        def unflatten(flat):
-            out, start = {}, 0
-            for k, n in zip(names, sizes, strict=True):
-                out[k] = flat[start : start + n].reshape(shapes[k])
-                start += n
-            return out
+        x0, unflatten = ravel_pytree({k: unconstrained[k] for k in names})
+        x0 = np.asarray(x0)
 
         value_and_grad = jax.jit(
             jax.value_and_grad(lambda flat, u: objective(unflatten(flat), u)[0])
         )
-        x0 = np.concatenate([np.ravel(unconstrained[k]) for k in names]) if names else np.zeros(0)
         value0, _ = value_and_grad(jnp.asarray(x0), unconstrained)
         if not np.isfinite(float(value0)):
             raise ValueError(

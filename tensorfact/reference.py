@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 from numpyro.infer.util import constrain_fn, potential_energy
 from scipy import optimize, stats
 
@@ -65,16 +66,8 @@ def importance_reference(
 
     with jax.enable_x64(True):
         start = {k: jnp.log(jnp.asarray(v, jnp.float64)) for k, v in _hyper_start(model, y, mask)}
-        names = sorted(start)
-        shapes = {k: start[k].shape for k in names}
-        sizes = [int(np.prod(shapes[k])) for k in names]
-
-        def unflatten(flat):
-            out, pos = {}, 0
-            for k, n in zip(names, sizes, strict=True):
-                out[k] = flat[pos : pos + n].reshape(shapes[k])
-                pos += n
-            return out
+        x0, unflatten = ravel_pytree(start)
+        x0 = np.asarray(x0)
 
         def constrained(flat):
             return constrain_fn(hyper_model, (), {}, unflatten(flat), return_deterministic=True)
@@ -85,7 +78,6 @@ def importance_reference(
             return oracle.log_marginal(hyper) - prior_energy
 
         value_and_grad = jax.jit(jax.value_and_grad(lambda f: -log_post(f)))
-        x0 = np.concatenate([np.ravel(start[k]) for k in names])
         result = optimize.minimize(
             lambda f: tuple(np.asarray(v, np.float64) for v in value_and_grad(jnp.asarray(f))),
             x0, jac=True, method="L-BFGS-B",
