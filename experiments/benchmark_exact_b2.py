@@ -3,8 +3,9 @@
 B2 (20 x 10 x 30, truth and priors of ``benchmark_b2.py``, same data). Compared in one process:
 
 * collapsed NUTS (``tensorfact.collapsed``): NUTS over the 7 scales with the location effects
-  integrated out exactly (structured Kalman-shaped algebra), then one exact conditional draw of
-  the effects per draw;
+  integrated out exactly, then one exact conditional draw of the effects per draw; B2 is
+  complete, so ``algebra="auto"`` takes the Kronecker path (``--algebra kalman`` forces the
+  Kalman-structured one);
 * plain (centred) NUTS on the model, started at the decorrelated SVI median;
 * decorrelated mean-field SVI (tensorfact's default workflow);
 * NUTS on the decorrelated model with the SVI coefficients frozen.
@@ -16,6 +17,7 @@ warmup and the conditional draws) at least 1000x plain NUTS, and posterior sds w
 [0.9, 1.1] of the reference for >= 95% of effect elements.
 
     python experiments/benchmark_exact_b2.py --out results/exact_b2 [--quick]
+        [--algebra auto|kronecker|kalman] [--plain-nuts CHAINS WARMUP SAMPLES]
 """
 
 from __future__ import annotations
@@ -71,7 +73,8 @@ def nuts_row(name, samples, diagnostics, ref_mean, ref_sd) -> dict:
             **accuracy(samples, ref_mean, ref_sd)}
 
 
-def run(out: Path, quick: bool, reference_cache: Path | None) -> dict:
+def run(out: Path, quick: bool, reference_cache: Path | None, algebra: str = "auto",
+        plain_nuts: tuple[int, int, int] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     if reference_cache is not None and reference_cache.exists():
         if not (out / "reference.npz").exists():
@@ -81,8 +84,8 @@ def run(out: Path, quick: bool, reference_cache: Path | None) -> dict:
     sites = [s.name for s in model.location_sites]
     report = sites + HYPER_SITES
     chains, warmup, samples = (2, 300, 300) if quick else (4, 500, 1000)
-    plain_chains, plain_warmup, plain_samples = (2, 100, 100) if quick else (chains, warmup,
-                                                                             samples)
+    plain_chains, plain_warmup, plain_samples = plain_nuts or (
+        (2, 100, 100) if quick else (chains, warmup, samples))
     t0 = time.perf_counter()
     ref_mean, ref_sd, mode, ess = reference(model, y, mask, out, 200 if quick else 800)
     print(f"reference: importance ESS {ess:.0f}, {time.perf_counter() - t0:.0f}s", flush=True)
@@ -91,10 +94,10 @@ def run(out: Path, quick: bool, reference_cache: Path | None) -> dict:
     collapsed = collapsed_nuts(
         model, y, mask, rng_key=jax.random.PRNGKey(1), num_warmup=warmup, num_samples=samples,
         num_chains=chains, init_values=hyper_start_arrays(model, y, mask), report_sites=report,
-        chain_method="vectorized", warn=False,
+        warn=False, algebra=algebra,
     )
-    rows.append(nuts_row("collapsed NUTS (exact)", collapsed.samples, collapsed.diagnostics,
-                         ref_mean, ref_sd))
+    rows.append(nuts_row(f"collapsed NUTS (exact, {collapsed.algebra})", collapsed.samples,
+                         collapsed.diagnostics, ref_mean, ref_sd))
     print(format_table(rows[-1:], COLUMNS), flush=True)
 
     decorrelated = model.decorrelated(True)
@@ -143,7 +146,7 @@ def run(out: Path, quick: bool, reference_cache: Path | None) -> dict:
         "targets": targets,
         "settings": {"chains": chains, "warmup": warmup, "samples": samples,
                      "plain_nuts": [plain_chains, plain_warmup, plain_samples],
-                     "svi_steps": 5000},
+                     "svi_steps": 5000, "algebra": collapsed.algebra},
     }
     write_json(out / "results.json", payload)
     text = "\n\n".join([
@@ -178,8 +181,14 @@ def main() -> None:
                         help="2 chains x (300 warmup + 300 draws); plain NUTS 2 x (100 + 100)")
     parser.add_argument("--reference", type=Path, default=None,
                         help="an existing reference.npz (e.g. results/b2/reference.npz) to reuse")
+    parser.add_argument("--algebra", choices=("auto", "kronecker", "kalman"), default="auto",
+                        help="collapsed linear algebra (default auto: Kronecker on complete data)")
+    parser.add_argument("--plain-nuts", type=int, nargs=3, default=None,
+                        metavar=("CHAINS", "WARMUP", "SAMPLES"),
+                        help="plain NUTS settings (default: as collapsed; --quick 2 100 100)")
     args = parser.parse_args()
-    run(args.out, args.quick, args.reference)
+    run(args.out, args.quick, args.reference, args.algebra,
+        tuple(args.plain_nuts) if args.plain_nuts else None)
 
 
 if __name__ == "__main__":

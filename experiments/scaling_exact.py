@@ -1,4 +1,4 @@
-"""Scaling of the exact collapsed likelihood: dense oracle vs the structured (Kalman-shaped) path.
+"""Scaling of the exact collapsed likelihood: dense oracle vs the structured paths.
 
 For the default model (B2 priors and truth, 10% of cells missing) it times one evaluation of
 ``log p(y_obs | h)`` plus its gradient in the 7 scales (float64, compiled, compile time
@@ -8,7 +8,11 @@ reported separately, the minimum over repeats):
   ``O(N dim^2 + dim^3)`` with ``dim = 1 + I + J + I J + T (1 + I + J)``), only as far as it fits;
 * ``structured``: ``tensorfact.collapsed.CollapsedGaussian.log_marginal`` (block elimination of
   the static effects plus a block-tridiagonal Cholesky along time, ``O(T (p^3 + p^2 S + p S^2)
-  + ns^3)`` with ``S = I J`` series, ``p = 1 + I + J``, ``ns = 1 + I + J + I J``).
+  + ns^3)`` with ``S = I J`` series, ``p = 1 + I + J``, ``ns = 1 + I + J + I J``);
+* ``kronecker``: ``tensorfact.collapsed.KroneckerGaussian.log_marginal`` on the same tensor
+  with every cell observed (it needs complete data and shared noise): four dense ``T x T``
+  factors per evaluation, ``O(T^3)`` whatever ``I, J`` (the data enter through scatter
+  matrices computed once, reported as ``setup_s``); timed up to ``--kronecker-max-steps``.
 
 Table 1 grows ``T`` at B2's ``I x J = 20 x 10`` up to 1e6 cells (linear in ``T``); table 2
 (``--series``) grows the number of series at fixed ``T`` to show the cost in ``I, J``. Where
@@ -38,12 +42,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import format_table, write_json  # noqa: E402
 
 from tensorfact.build import TensorModel  # noqa: E402
-from tensorfact.collapsed import CollapsedGaussian  # noqa: E402
+from tensorfact.collapsed import CollapsedGaussian, KroneckerGaussian  # noqa: E402
 from tensorfact.exact import GaussianOracle  # noqa: E402
 from tensorfact.simulate import B2_TRUTH, simulate_additive  # noqa: E402
 from tensorfact.spec import default_spec  # noqa: E402
 
-COLUMNS = ["I", "J", "T", "cells", "path", "seconds", "compile_s", "abs_diff_vs_dense"]
+COLUMNS = ["I", "J", "T", "cells", "path", "seconds", "compile_s", "setup_s",
+           "abs_diff_vs_dense"]
 
 
 def problem(sizes: dict[str, int], seed: int, missing: float):
@@ -65,7 +70,8 @@ def time_compiled(fn, args, budget: float = 3.0, max_repeats: int = 7):
     return out, compile_s, float(np.min(times)), float(np.median(times))
 
 
-def measure(sizes: dict[str, int], *, dense: bool, seed: int, missing: float) -> list[dict]:
+def measure(sizes: dict[str, int], *, dense: bool, seed: int, missing: float,
+            kronecker: bool = True) -> list[dict]:
     model, y, mask = problem(sizes, seed, missing)
     hyper = {k: jnp.asarray(v, jnp.float64) for k, v in B2_TRUTH.items() if k != "mu"}
     (ni, nj, nt), cells = sizes.values(), int(np.prod(list(sizes.values())))
@@ -86,6 +92,17 @@ def measure(sizes: dict[str, int], *, dense: bool, seed: int, missing: float) ->
                      "compile_s": compile_s, "value": float(dense_value),
                      "abs_diff_vs_dense": diff})
         rows[0]["abs_diff_vs_dense"] = diff
+    if kronecker:
+        complete = np.where(mask, y, 0.0)  # the same values, every cell observed
+        start = time.perf_counter()
+        kron = KroneckerGaussian(model, complete, np.ones_like(mask))
+        setup_s = time.perf_counter() - start
+        kron_data = jax.tree_util.tree_map(jnp.asarray, kron.data)
+        kron_fn = jax.jit(jax.value_and_grad(kron.log_marginal))
+        (kron_value, _), compile_s, best, median = time_compiled(kron_fn, (hyper, kron_data))
+        rows.append({**base, "observed": cells, "path": "kronecker", "seconds": best,
+                     "median_s": median, "compile_s": compile_s, "setup_s": setup_s,
+                     "value": float(kron_value)})
     for row in rows:
         print(format_table([row], COLUMNS).splitlines()[1], flush=True)
     return rows
@@ -100,7 +117,7 @@ def plot(time_rows: list[dict], series_rows: list[dict], path: Path) -> None:
     panels = 2 if series_rows else 1
     fig, axes = plt.subplots(1, panels, figsize=(6.2 * panels, 4.4), squeeze=False)
     ax = axes[0, 0]
-    for name, marker in [("structured", "o"), ("dense", "s")]:
+    for name, marker in [("structured", "o"), ("dense", "s"), ("kronecker", "^")]:
         rows = [r for r in time_rows if r["path"] == name]
         if rows:
             ax.plot([r["cells"] for r in rows], [r["seconds"] for r in rows], marker=marker,
@@ -113,7 +130,7 @@ def plot(time_rows: list[dict], series_rows: list[dict], path: Path) -> None:
     ax.legend()
     if series_rows:
         ax = axes[0, 1]
-        for name, marker in [("structured", "o"), ("dense", "s")]:
+        for name, marker in [("structured", "o"), ("dense", "s"), ("kronecker", "^")]:
             rows = [r for r in series_rows if r["path"] == name]
             if rows:
                 ax.plot([r["I"] * r["J"] for r in rows], [r["seconds"] for r in rows],
@@ -127,7 +144,7 @@ def plot(time_rows: list[dict], series_rows: list[dict], path: Path) -> None:
 
 
 def run(out: Path, quick: bool, dense_max_cells: int, missing: float, seed: int,
-        series: bool = False) -> dict:
+        series: bool = False, kronecker_max_steps: int = 1000) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     steps = [10, 30, 100, 1000] if quick else [30, 100, 300, 1000, 5000]
     dense_max = min(dense_max_cells, 6000) if quick else dense_max_cells
@@ -137,7 +154,7 @@ def run(out: Path, quick: bool, dense_max_cells: int, missing: float, seed: int,
         for nt in steps:
             sizes = {"i": 20, "j": 10, "t": nt}
             time_rows += measure(sizes, dense=20 * 10 * nt <= dense_max, seed=seed,
-                                 missing=missing)
+                                 missing=missing, kronecker=nt <= kronecker_max_steps)
         series_rows = []
         if series:
             print("-- growing I x J (T=100) --\n" + "  ".join(COLUMNS), flush=True)
@@ -172,8 +189,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--series", action="store_true",
                         help="also the table growing I x J at T=100")
+    parser.add_argument("--kronecker-max-steps", type=int, default=1000,
+                        help="longest series timed on the Kronecker path (its cost is T^3)")
     args = parser.parse_args()
-    run(args.out, args.quick, args.dense_max_cells, args.missing, args.seed, args.series)
+    run(args.out, args.quick, args.dense_max_cells, args.missing, args.seed, args.series,
+        args.kronecker_max_steps)
 
 
 if __name__ == "__main__":

@@ -8,13 +8,17 @@ drawn exactly from ``p(theta | y_obs, h)``. The Gaussian computations are struct
 the temporal state), so their cost grows linearly in the number of time steps.
 
 * :class:`CollapsedGaussian`: log marginal likelihood, conditional moments, exact draws.
+* :class:`KroneckerGaussian`: the same for complete data with shared noise, diagonalised
+  along the series dims (cost independent of their sizes).
 * :func:`collapsed_nuts`: the sampler; :class:`CollapsedNUTSRun` its result.
 """
 
 from tensorfact.collapsed.gaussian import CollapsedGaussian, ConditionalMoments
+from tensorfact.collapsed.kronecker import KroneckerData, KroneckerGaussian
 from tensorfact.collapsed.layout import SeriesData, SeriesLayout
 from tensorfact.collapsed.nuts import (
     CollapsedNUTSRun,
+    collapsed_gaussian,
     collapsed_model,
     collapsed_nuts,
     draw_locations,
@@ -24,8 +28,11 @@ __all__ = [
     "CollapsedGaussian",
     "CollapsedNUTSRun",
     "ConditionalMoments",
+    "KroneckerData",
+    "KroneckerGaussian",
     "SeriesData",
     "SeriesLayout",
+    "collapsed_gaussian",
     "collapsed_model",
     "collapsed_nuts",
     "draw_locations",

@@ -27,11 +27,18 @@ import numpyro
 from numpyro.infer import MCMC
 
 from tensorfact.build import TensorModel
+from tensorfact.collapsed.chains import run_chains
 from tensorfact.collapsed.gaussian import CollapsedGaussian
+from tensorfact.collapsed.kronecker import KroneckerGaussian, kronecker_unsupported
 from tensorfact.collapsed.layout import SeriesData
 from tensorfact.infer.nuts import NUTSDiagnostics, diagnose, run_nuts, warn_if_unhealthy
 
 FACTOR_SITE = "collapsed_log_marginal"
+ALGEBRAS = ("auto", "kronecker", "kalman")
+# The Kronecker path costs O(T^3) per evaluation (four dense T x T factors), the Kalman path
+# O(T (p^3 + p^2 S + p S^2)); at I * J = 200 series the Kronecker path is faster up to well
+# beyond T = 1000 (experiments/scaling_exact.py), so "auto" uses it up to this many steps.
+KRONECKER_MAX_STEPS = 1000
 
 
 @dataclass
@@ -45,18 +52,52 @@ class CollapsedNUTSRun:
         diagnostics: over ``report_sites`` (default: every site), ``seconds`` including the
             conditional draws.
         hyper_diagnostics: of the NUTS run over the hyperparameters alone.
-        mcmc: the NumPyro MCMC object of the hyperparameter run.
+        mcmc: the NumPyro MCMC object of the hyperparameter run with ``progress_bar=True``,
+            else ``None`` (the chains then run as one compiled function,
+            :func:`tensorfact.collapsed.chains.run_chains`).
         draw_seconds: wall time of the conditional draws (included in ``diagnostics``).
+        algebra: ``"kronecker"`` or ``"kalman"``, the structured path used.
     """
 
     samples: dict[str, np.ndarray]
     diagnostics: NUTSDiagnostics
     hyper_diagnostics: NUTSDiagnostics
-    mcmc: MCMC
+    mcmc: MCMC | None
     draw_seconds: float
+    algebra: str = "kalman"
 
 
-def collapsed_model(gaussian: CollapsedGaussian) -> Callable[[SeriesData], None]:
+def collapsed_gaussian(
+    model: TensorModel, y: np.ndarray, mask: np.ndarray, algebra: str = "auto"
+) -> CollapsedGaussian | KroneckerGaussian:
+    """The collapsed Gaussian of a model and data by the chosen linear algebra.
+
+    Args:
+        model: the tensor model.
+        y: data in the model's dim order (NaN allowed where ``mask`` is false).
+        mask: true where a cell is observed.
+        algebra: ``"kronecker"`` (complete data, shared noise, no horseshoe; cost ``O(T^3)``
+            per evaluation whatever the number of series), ``"kalman"`` (any data and
+            specification; cost linear in ``T``) or ``"auto"`` (Kronecker where it applies and
+            ``T <= KRONECKER_MAX_STEPS``, else Kalman).
+
+    Raises:
+        ValueError: for an unknown ``algebra``, or ``"kronecker"`` where it does not apply.
+    """
+    if algebra not in ALGEBRAS:
+        raise ValueError(f"algebra must be one of {ALGEBRAS}, got {algebra!r}.")
+    if algebra == "auto":
+        fits = kronecker_unsupported(model, np.asarray(mask, bool)) is None
+        short = model.sizes[model.spec.time] <= KRONECKER_MAX_STEPS
+        algebra = "kronecker" if fits and short else "kalman"
+    if algebra == "kronecker":
+        return KroneckerGaussian(model, y, mask)
+    return CollapsedGaussian(model, y, mask)
+
+
+def collapsed_model(
+    gaussian: CollapsedGaussian | KroneckerGaussian,
+) -> Callable[[SeriesData], None]:
     """NumPyro model over the hyperparameters: their priors plus ``log p(y_obs | h)``.
 
     The returned model takes the series data (``gaussian.data``) as its argument.
@@ -70,11 +111,11 @@ def collapsed_model(gaussian: CollapsedGaussian) -> Callable[[SeriesData], None]
 
 
 def draw_locations(
-    gaussian: CollapsedGaussian,
+    gaussian: CollapsedGaussian | KroneckerGaussian,
     hyper: Mapping[str, Any],
     rng_key: jax.Array,
     *,
-    batch_size: int = 64,
+    batch_size: int | None = 64,
 ) -> dict[str, jax.Array]:
     """One exact conditional draw of the location sites per hyperparameter draw.
 
@@ -82,7 +123,8 @@ def draw_locations(
         gaussian: the structured Gaussian of the model and data.
         hyper: site name -> draws with one leading draw axis (``(n, ...)``).
         rng_key: PRNG key (split into one key per draw).
-        batch_size: draws computed together (vectorised) inside the sequential map.
+        batch_size: draws computed together (vectorised) inside the sequential map; ``None``
+            computes them one at a time.
 
     Returns:
         Location site name -> ``(n, *site shape)``.
@@ -115,10 +157,11 @@ def collapsed_nuts(
     dense_mass: bool = False,
     target_accept_prob: float = 0.8,
     max_tree_depth: int = 10,
-    chain_method: str = "sequential",
-    draw_batch_size: int = 64,
+    chain_method: str = "auto",
+    draw_batch_size: int | None = None,
     progress_bar: bool = False,
     warn: bool = True,
+    algebra: str = "auto",
 ) -> CollapsedNUTSRun:
     """Collapsed NUTS for a tensor model with Gaussian likelihood (float64 inside).
 
@@ -128,12 +171,20 @@ def collapsed_nuts(
         mask: true where a cell is observed.
         rng_key: PRNG key (one part for NUTS, one for the conditional draws).
         num_warmup, num_samples, num_chains, dense_mass, target_accept_prob, max_tree_depth,
-        chain_method, progress_bar: passed to NumPyro's NUTS/MCMC.
+        chain_method: NumPyro's NUTS settings; ``chain_method="auto"`` runs the chains
+            one after the other on the Kronecker path (a single evaluation is about 1 ms and
+            vectorising four chains made each step 7x slower, measured on B2) and vectorised
+            on the Kalman path.
+        progress_bar: show NumPyro's progress bar (runs NumPyro's ``MCMC``, which compiles
+            its loop once per chain; without it the chains are one compiled function).
         init_values: starting values of hyperparameter sites (default: NumPyro's
             ``init_to_uniform``).
         report_sites: sites whose r-hat and bulk ESS enter ``diagnostics`` (default: all).
-        draw_batch_size: conditional draws vectorised together.
+        draw_batch_size: conditional draws vectorised together (default: one at a time on
+            the Kronecker path, where vectorised draws compiled and ran far slower, 64 on the
+            Kalman path).
         warn: emit ``RuntimeWarning`` if the diagnostics look unreliable.
+        algebra: the structured linear algebra (:func:`collapsed_gaussian`).
 
     Returns:
         Draws of the hyperparameters and location sites with diagnostics.
@@ -141,25 +192,27 @@ def collapsed_nuts(
     key_nuts, key_draws = jax.random.split(rng_key)
     with jax.enable_x64(True):
         start = time.perf_counter()
-        gaussian = CollapsedGaussian(model, y, mask)
+        gaussian = collapsed_gaussian(model, y, mask, algebra)
+        kronecker = isinstance(gaussian, KroneckerGaussian)
+        if chain_method == "auto":
+            chain_method = "sequential" if kronecker else "vectorized"
+        if draw_batch_size is None and not kronecker:
+            draw_batch_size = 64
         data = jax.tree_util.tree_map(jnp.asarray, gaussian.data)
-        run = run_nuts(
-            collapsed_model(gaussian),
-            data,
-            rng_key=key_nuts,
-            num_warmup=num_warmup,
-            num_samples=num_samples,
-            num_chains=num_chains,
-            init_values=init_values,
-            dense_mass=dense_mass,
-            target_accept_prob=target_accept_prob,
-            max_tree_depth=max_tree_depth,
+        settings = dict(
+            rng_key=key_nuts, num_warmup=num_warmup, num_samples=num_samples,
+            num_chains=num_chains, init_values=init_values, dense_mass=dense_mass,
+            target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth,
             chain_method=chain_method,
-            progress_bar=progress_bar,
-            warn=False,
         )
+        mcmc = None
+        if progress_bar:  # NumPyro's MCMC shows progress (and recompiles per chain)
+            run = run_nuts(collapsed_model(gaussian), data, progress_bar=True, warn=False,
+                           **settings)
+            hyper, hyper_diagnostics, mcmc = run.samples, run.diagnostics, run.mcmc
+        else:
+            hyper, hyper_diagnostics = run_chains(collapsed_model(gaussian), data, **settings)
         nuts_seconds = time.perf_counter() - start
-        hyper = run.samples
         lead = next(iter(hyper.values())).shape[:2]
         flat = {k: jnp.reshape(v, (-1, *v.shape[2:])) for k, v in hyper.items()}
         start = time.perf_counter()
@@ -172,10 +225,10 @@ def collapsed_nuts(
     sites = list(report_sites) if report_sites is not None else list(samples)
     max_rhat, min_ess = diagnose(samples, sites)
     diagnostics = NUTSDiagnostics(
-        divergences=run.diagnostics.divergences,
+        divergences=hyper_diagnostics.divergences,
         max_rhat=max_rhat,
         min_ess=min_ess,
-        mean_steps=run.diagnostics.mean_steps,
+        mean_steps=hyper_diagnostics.mean_steps,
         seconds=nuts_seconds + draw_seconds,
     )
     if warn:
@@ -183,7 +236,8 @@ def collapsed_nuts(
     return CollapsedNUTSRun(
         samples=samples,
         diagnostics=diagnostics,
-        hyper_diagnostics=run.diagnostics,
-        mcmc=run.mcmc,
+        hyper_diagnostics=hyper_diagnostics,
+        mcmc=mcmc,
         draw_seconds=draw_seconds,
+        algebra="kronecker" if kronecker else "kalman",
     )

@@ -72,7 +72,9 @@ def fit_exact(
 
     Returns:
         A :class:`~tensorfact.results.Fit` with ``method="exact"``; ``diagnostics`` cover every
-        returned site (hyperparameters and effects), ``info`` holds the timings.
+        returned site (hyperparameters and effects), ``info`` holds the timings and the
+        structured algebra used (``"kronecker"`` for complete data with shared noise, else
+        ``"kalman"``).
 
     Raises:
         ValueError: for an unsupported specification (:func:`check_exact_spec`).
@@ -87,7 +89,7 @@ def fit_exact(
     run = collapsed_nuts(
         model, data.filled, data.mask, rng_key=rng_key, num_warmup=num_warmup,
         num_samples=num_samples, num_chains=num_chains, init_values=hyper_start(model, data),
-        chain_method="vectorized", progress_bar=progress_bar, warn=False,
+        chain_method="auto", progress_bar=progress_bar, warn=False,
     )
     if warn:
         warn_if_unhealthy(
@@ -102,6 +104,7 @@ def fit_exact(
         "draw_seconds": run.draw_seconds,
         "hyper_max_rhat": run.hyper_diagnostics.max_rhat,
         "hyper_min_ess": run.hyper_diagnostics.min_ess,
+        "algebra": run.algebra,
     }
     returned = list(posterior.data_vars)
     settings: Mapping[str, Any] = {
