@@ -141,8 +141,11 @@ def initialize(
     for site in local.plan.sites:
         default = site.name + AUX_SUFFIX if site.name in families else site.name
         guide_name = default if guide_names is None else guide_names.get(site.name, default)
-        values.pop(site.name, None)
-        values[guide_name] = np.asarray(loc[site.name], dtype)
+        value = values.pop(site.name, None)
+        # a parent-only site's guide coordinate is its own (unconstrained) value: the guide is
+        # initialised with the constrained value, as init_to_value expects
+        from_aux = site.name in families or value is None
+        values[guide_name] = np.asarray(loc[site.name], dtype) if from_aux else value
         scales[guide_name] = np.asarray(sd[site.name], dtype)
     if mode is not None:  # keep the guide's default where the Laplace Hessian is degenerate
         scales.update(

@@ -224,3 +224,23 @@ def test_decentring_is_invariant_to_a_constant_data_offset():
     base, shifted = _initial_loss(y), _initial_loss(y + 100.0)
     assert abs(shifted - base) < 1.5
     assert _initial_loss(y + 100.0, recentre=False) - base > 100.0
+
+
+def test_guide_starts_constrained_parents_at_their_constrained_value():
+    """A parent-only site with constrained support (``s > 0``) enters the analysis through its
+    unconstrained value; the guide's starting values are constrained (``init_to_value``), so
+    ``s`` must start at the point's ``s``, not at ``log s`` (a regression: it was ``log s``)."""
+    y = jnp.asarray([0.3, 0.1, 0.5, 0.2])
+
+    def model():
+        s = numpyro.sample("s", dist.HalfNormal(1.0))
+        a = numpyro.sample("a", dist.Normal(s, 1.0).expand([4]).to_event(1))
+        numpyro.sample("y", dist.Normal(a, 1.0).to_event(1), obs=y)
+
+    decorrelated = reparam.decorrelate(model, {"a": ["s"]})
+    point = {"s": 0.5, "a": y}
+    start = reparam.initialize(reparam.LocalGaussian(decorrelated, point), point)
+    s_star = float(start.point["s"])
+    assert 0 < s_star < 1  # log s* < 0: the old value was negative, an invalid start
+    np.testing.assert_allclose(start.guide.values["s"], s_star, rtol=1e-6)
+    assert "a_decorrelated" in start.guide.values and "a" not in start.guide.values
