@@ -23,6 +23,7 @@ from reparam.plan import LinearPlan, linear_plan
 from reparam.rotations import Helmert, get_rotation
 from reparam.scan import (
     Centered,
+    GaussianConditional,
     LearnableCentering,
     NonCentered,
     ScanReparamMessenger,
@@ -38,6 +39,7 @@ __all__ = [
     "Centered",
     "ChildFamily",
     "DecorrelateMessenger",
+    "GaussianConditional",
     "GuideInit",
     "Helmert",
     "Initialization",

@@ -19,6 +19,14 @@ For a site ``x_t ~ Normal(m_t, s_t)`` at step ``t`` (``m_t, s_t`` may depend on 
   ``x_t = m_t + s_t^(1-c) (u_t - c m_t)`` with ``c in [0, 1]`` a ``numpyro.param``
   ``f"{x}_centered"`` of one step's shape, created once outside the loop and shared by all
   steps (``c = 1`` centred, ``c = 0`` non-centred). Jacobian ``prod_t s_t^(1-c)``.
+* :class:`GaussianConditional`: the whole path of the site is drawn before the loop in the
+  whitened coordinates of its Gaussian conditional given the values before the loop and the
+  data, ``x = m + L^{-T} u`` (site ``f"{x}_whitened"``, ``u ~ N(0, I)`` a priori), with ``m``
+  and ``L`` (``L L^T`` = the path's precision) recomputed in closed form at every evaluation
+  (:mod:`reparam.scan_conditional`); the body site becomes the observed site
+  ``f"{x}_conditioned"`` (its density is kept), ``x`` is recorded as a deterministic before the
+  loop and the factor ``f"{x}_whitened_jacobian"`` adds ``log|det dx/du| - log N(u; 0, I)``.
+  Exact whitening for a body linear-Gaussian in ``x``.
 * :class:`StepAffine`: the conditional affine decorrelation of :mod:`reparam.handler` inside the
   loop: ``u_t = x~_t + sum_k xi_k[t] * p~_k`` (site ``f"{x}_decorrelated"``), with ``p_k``
   parent sites sampled before the ``scan`` or earlier in the same step, ``~`` the unconstrained
@@ -50,9 +58,11 @@ from numpyro.primitives import Messenger
 
 from reparam.handler import AUX_SUFFIX
 from reparam.layout import unconstrain
+from reparam.scan_conditional import body_log_density, conditional_map
 from reparam.scan_strategies import (
     SHORTCUTS,
     Centered,
+    GaussianConditional,
     LearnableCentering,
     NonCentered,
     ScanConfig,
@@ -66,22 +76,27 @@ from reparam.scan_strategies import (
 )
 
 __all__ = [
+    "CONDITIONED_SUFFIX",
     "DECENTERED_SUFFIX",
     "NOISE_SUFFIX",
     "SHORTCUTS",
     "Centered",
+    "GaussianConditional",
     "LearnableCentering",
     "NonCentered",
     "ScanConfig",
     "ScanReparamMessenger",
     "StepAffine",
     "Strategy",
+    "WHITENED_SUFFIX",
     "scan_reparam",
 ]
 
 NOISE_SUFFIX = "_noise"
 DECENTERED_SUFFIX = "_decentered"
-_SUFFIXES = (NOISE_SUFFIX, DECENTERED_SUFFIX, AUX_SUFFIX)
+WHITENED_SUFFIX = "_whitened"
+CONDITIONED_SUFFIX = "_conditioned"
+_SUFFIXES = (NOISE_SUFFIX, DECENTERED_SUFFIX, AUX_SUFFIX, WHITENED_SUFFIX, CONDITIONED_SUFFIX)
 _PLATE_ERROR = "Cannot use control flow primitive under a `plate` primitive"
 _APPLIED = "_scan_reparam_applied"
 
@@ -119,6 +134,11 @@ class _StepMessenger(Messenger):
             return
         name, fn = msg["name"], msg["fn"]
         strategy = self.plan.strategies[name]
+        if isinstance(strategy, GaussianConditional):  # keep the density, at the path's value
+            value = self.noise[name]
+            self.values[name] = value
+            msg["name"], msg["value"], msg["is_observed"] = name + CONDITIONED_SUFFIX, value, True
+            return
         if isinstance(strategy, NonCentered):
             base = unwrap(fn)
             value = base.loc + base.scale * self.noise[name]
@@ -181,8 +201,9 @@ class ScanReparamMessenger(Messenger):
     Args:
         fn: the model (or ``None`` to use as a context manager around the ``scan`` call).
         config: body site name -> strategy (a :class:`Centered`, :class:`NonCentered`,
-            :class:`LearnableCentering` or :class:`StepAffine`, or one of the strings
-            ``"centered"``, ``"noncentered"``, ``"learnable"``), or a callable of the name.
+            :class:`LearnableCentering`, :class:`StepAffine` or :class:`GaussianConditional`,
+            or one of the strings ``"centered"``, ``"noncentered"``, ``"learnable"``,
+            ``"conditional"``), or a callable of the name.
     """
 
     def __init__(self, fn: Callable | None = None, config: ScanConfig | None = None) -> None:
@@ -267,6 +288,7 @@ class ScanReparamMessenger(Messenger):
                 for parent in strategy.parents:
                     key = f"{name}_shift_{parent}"
                     plan.params[key] = numpyro.param(key, jnp.zeros(rows))
+        noise.update(_conditional_paths(plan, sites, f, init, xs, length, reverse))
 
         def body(carry, packed):
             x, step, noise_t = packed
@@ -275,6 +297,28 @@ class ScanReparamMessenger(Messenger):
 
         packed = (xs, jnp.arange(length), noise)
         msg["args"] = (body, init, packed, length, reverse)
+
+
+def _conditional_paths(
+    plan: _Plan, sites: Mapping, f: Callable, init, xs, length: int, reverse: bool
+) -> dict[str, Array]:
+    """Draws the whitened sites of the :class:`GaussianConditional` sites before the loop and
+    returns their paths (also recorded as deterministic sites)."""
+    names = tuple(n for n, s in plan.strategies.items() if isinstance(s, GaussianConditional))
+    if not names:
+        return {}
+    shapes = {name: (length, *sites[name].shape) for name in names}
+    whitened = {}
+    for name, shape in shapes.items():
+        prior = dist.Normal(0.0, 1.0).expand(shape).to_event(len(shape))
+        whitened[name] = numpyro.sample(name + WHITENED_SUFFIX, prior)
+    density = body_log_density(f, init, xs, length, reverse, names)
+    paths, log_det = conditional_map(density, shapes, whitened)
+    standard = sum(jnp.sum(dist.Normal(0.0, 1.0).log_prob(u)) for u in whitened.values())
+    numpyro.factor(names[0] + WHITENED_SUFFIX + "_jacobian", log_det - standard)
+    for name in names:
+        paths[name] = numpyro.deterministic(name, paths[name])
+    return paths
 
 
 def scan_reparam(model: Callable | None, config: ScanConfig) -> ScanReparamMessenger:
@@ -287,8 +331,9 @@ def scan_reparam(model: Callable | None, config: ScanConfig) -> ScanReparamMesse
 
     Returns:
         The reparameterized model. Configured sites become deterministic (stacked over steps,
-        same names); new latent sites are ``f"{x}_noise"``, ``f"{x}_decentered"`` or
-        ``f"{x}_decorrelated"``; learnable ones are params ``f"{x}_centered"`` and
-        ``f"{x}_shift_{parent}"``, fixed for NUTS with :func:`reparam.freeze`.
+        same names); new latent sites are ``f"{x}_noise"``, ``f"{x}_decentered"``,
+        ``f"{x}_decorrelated"`` or ``f"{x}_whitened"``; learnable ones are params
+        ``f"{x}_centered"`` and ``f"{x}_shift_{parent}"``, fixed for NUTS with
+        :func:`reparam.freeze`.
     """
     return ScanReparamMessenger(model, config)

@@ -77,11 +77,25 @@ class StepAffine:
         object.__setattr__(self, "parents", tuple(self.parents))
 
 
-Strategy = Centered | NonCentered | LearnableCentering | StepAffine
+@dataclass(frozen=True)
+class GaussianConditional:
+    """Draw the site's whole path outside the loop in the whitened coordinates of its Gaussian
+    conditional given the values before the loop (and the data): ``x = m + L^{-T} u`` with
+    ``m, L`` recomputed in closed form at every evaluation (:mod:`reparam.scan_conditional`).
+
+    Exact whitening for bodies linear-Gaussian in the configured sites; an exact (Jacobian
+    included) reparameterization for any real-support site. Sites configured with it in one
+    ``scan`` share one joint map.
+    """
+
+
+Strategy = Centered | NonCentered | LearnableCentering | StepAffine | GaussianConditional
+STRATEGY_TYPES = (Centered, NonCentered, LearnableCentering, StepAffine, GaussianConditional)
 SHORTCUTS: dict[str, Strategy] = {
     "centered": Centered(),
     "noncentered": NonCentered(),
     "learnable": LearnableCentering(),
+    "conditional": GaussianConditional(),
 }
 ScanConfig = Mapping[str, "Strategy | str"] | Callable[[str], "Strategy | str | None"]
 
@@ -92,13 +106,14 @@ def as_strategy(name: str, entry: Any) -> Strategy | None:
     Raises:
         TypeError: for anything else.
     """
-    if entry is None or isinstance(entry, (Centered, NonCentered, LearnableCentering, StepAffine)):
+    if entry is None or isinstance(entry, STRATEGY_TYPES):
         return entry
     if isinstance(entry, str) and entry in SHORTCUTS:
         return SHORTCUTS[entry]
     raise TypeError(
         f"scan_reparam config entry for {name!r} must be one of {sorted(SHORTCUTS)} or a "
-        f"Centered/NonCentered/LearnableCentering/StepAffine instance, got {entry!r}."
+        f"Centered/NonCentered/LearnableCentering/StepAffine/GaussianConditional instance, "
+        f"got {entry!r}."
     )
 
 
@@ -210,8 +225,9 @@ def check_strategy(info: SiteInfo, strategy: Strategy) -> None:
     """Refuses a strategy that cannot apply to a site.
 
     Raises:
-        ValueError: for an observed site, or learnable centring of a site that is not a
-            real-support loc-scale distribution.
+        ValueError: for an observed site, learnable centring of a site that is not a
+            real-support loc-scale distribution, or a Gaussian conditional of a site without
+            real support.
         NotImplementedError: for non-centring a site that is not ``Normal``.
     """
     if info.observed:
@@ -224,6 +240,11 @@ def check_strategy(info: SiteInfo, strategy: Strategy) -> None:
             f"NonCentered draws standard-normal noise outside the loop and supports Normal "
             f"sites only; {info.name!r} is {info.base}. Use LearnableCentering (or write the "
             "transition with an explicit noise site)."
+        )
+    if isinstance(strategy, GaussianConditional) and not info.real_support:
+        raise ValueError(
+            f"GaussianConditional needs a real-support site; {info.name!r} is {info.base} with "
+            "constrained support. Use StepAffine or leave the site centred."
         )
     if isinstance(strategy, LearnableCentering) and not (info.loc_scale and info.real_support):
         raise ValueError(

@@ -40,6 +40,10 @@ Copy one of them and edit the step to customise. A :class:`ScanPrior` can also c
 be sampled in the factory or earlier in the step). ``tensorfact.fit`` trains a learnable
 centring with the guide; its SVI start integrates the per-step sites out (see
 :func:`step_sites`). The model's own decorrelation does not reach sites inside a scan body.
+``"conditional"`` (:class:`reparam.scan.GaussianConditional`) whitens a path by its Gaussian
+conditional given the observations *inside* the body; tensorfact's likelihood is outside the
+transition, so there it whitens by the transition's prior only (exact, but no posterior
+whitening).
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ from numpyro import handlers
 from numpyro.contrib.control_flow import scan
 from numpyro.infer.initialization import init_to_median
 
-from reparam.scan import NOISE_SUFFIX, ScanConfig, scan_reparam
+from reparam.scan import NOISE_SUFFIX, WHITENED_SUFFIX, ScanConfig, scan_reparam
 from reparam.scan_strategies import probe_body
 from tensorfact.spec import Temporal
 
@@ -259,7 +263,8 @@ def step_sites(
 
     A site belongs to the scan effect whose deterministic site (``effects``' key) follows it
     first in the trace; it is kept when it is continuous and stacked over the steps (a site
-    inside the body, or a :class:`reparam.NonCentered` noise site) with shape ``(T, *rows)``
+    inside the body, or a :class:`reparam.NonCentered` noise site or a
+    :class:`reparam.scan.GaussianConditional` whitened site) with shape ``(T, *rows)``
     (dims ``(time, *by)``) or ``(T,)`` (dims ``(time,)``). Used to include these sites in the
     Gaussian analysis that starts SVI: integrated out, rather than maximised jointly with their
     scale (which collapses the scale to 0, the mode of a hierarchical prior).
@@ -286,7 +291,7 @@ def step_sites(
             site["type"] == "sample"
             and not site["is_observed"]
             and not site["fn"].support.is_discrete
-            and (site.get("_control_flow_done") or name.endswith(NOISE_SUFFIX))
+            and (site.get("_control_flow_done") or name.endswith((NOISE_SUFFIX, WHITENED_SUFFIX)))
         ):
             pending.append(site)
     return found

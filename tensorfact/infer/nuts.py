@@ -13,6 +13,8 @@ import numpy as np
 from numpyro.infer import MCMC, NUTS
 from numpyro.infer.initialization import init_to_value
 
+import reparam
+
 
 @dataclass(frozen=True)
 class NUTSDiagnostics:
@@ -68,6 +70,7 @@ def run_nuts(
     num_samples: int = 1000,
     num_chains: int = 4,
     init_values: Mapping[str, Any] | None = None,
+    params: Mapping[str, Any] | None = None,
     report_sites: Sequence[str] | None = None,
     dense_mass: bool = False,
     target_accept_prob: float = 0.8,
@@ -84,9 +87,16 @@ def run_nuts(
         *args, **kwargs: model arguments.
         rng_key: PRNG key.
         init_values: starting values (the model's sample-site names).
+        params: values for the model's remaining ``numpyro.param`` sites, e.g. all of an SVI
+            run's params (``svi.run.params``): a learnable centring of a scan site
+            (``f"{x}_centered"``) then runs NUTS at the value SVI learned instead of its
+            initial value. Names that are not param sites of the model are ignored (guide
+            params), as in :func:`reparam.freeze`.
         report_sites: sites whose r-hat/ESS are reported (default: all sample sites).
         warn: emit ``RuntimeWarning`` for divergences, r-hat > 1.01 or bulk ESS < 100.
     """
+    if params:
+        model = reparam.freeze(model, params)
     init = init_to_value(values=dict(init_values)) if init_values is not None else None
     kernel_kwargs = {"init_strategy": init} if init is not None else {}
     kernel = NUTS(

@@ -12,6 +12,7 @@ import numpyro
 import numpyro.distributions as dist
 import optax
 import pytest
+import scipy.optimize
 from numpyro import handlers
 from numpyro.contrib.control_flow import scan
 from numpyro.infer import SVI, Predictive, Trace_ELBO
@@ -19,7 +20,7 @@ from numpyro.infer.autoguide import AutoNormal
 from numpyro.infer.util import potential_energy, unconstrain_fn
 
 import reparam
-from reparam.scan import LearnableCentering, NonCentered, StepAffine
+from reparam.scan import GaussianConditional, LearnableCentering, NonCentered, StepAffine
 
 T, N = 5, 3
 GLOBALS = ("mu", "phi", "q")
@@ -53,8 +54,10 @@ VARIANTS = {  # together they cover every strategy and option (centred: as writt
         "v": StepAffine(("phi",), per_step=False),
     },
     "mixed": {"d": NonCentered(), "x": "learnable", "v": StepAffine(("mu", "d"))},
+    "conditional": {"d": "centered", "x": GaussianConditional(), "v": StepAffine(("mu", "x"))},
 }
-IDENTITY = ("affine", "mixed")  # "centered" is the plain model: its identity is trivial
+IDENTITY = ("affine", "mixed", "conditional")  # "centered" is the plain model: trivial
+UNIT_JACOBIAN = ("affine",)
 
 
 def _random_params(reparameterized, seed):
@@ -69,7 +72,7 @@ def _random_params(reparameterized, seed):
     return params
 
 
-SUFFIXES = ("_noise", "_decentered", "_decorrelated")
+SUFFIXES = ("_noise", "_decentered", "_decorrelated", "_whitened")
 
 
 def _latent(trace):
@@ -124,7 +127,7 @@ def test_log_joint_is_the_pushforward(variant):
             expected = "sample" if strategy == "centered" else "deterministic"
             assert trace[name]["type"] == expected
             assert trace[name]["value"].shape == (T, N)
-        if variant != "mixed":  # unit Jacobian: the log joint itself is unchanged
+        if variant in UNIT_JACOBIAN:  # unit Jacobian: the log joint itself is unchanged
             np.testing.assert_allclose(log_jac, 0.0, atol=1e-4)
         else:
             assert abs(float(log_jac)) > 0.1
@@ -145,7 +148,7 @@ def test_site_names_and_params_created_once():
     assert params == {"x_centered": (), "v_shift_phi": (N,)}
 
 
-@pytest.mark.parametrize("variant", ["centered", "mixed"])
+@pytest.mark.parametrize("variant", ["centered", "mixed", "conditional"])
 def test_draws_differ_across_steps_and_predictive(variant):
     reparameterized = reparam.scan_reparam(model, VARIANTS[variant])
     prior = Predictive(reparameterized, num_samples=4)(jax.random.PRNGKey(0), None)
@@ -266,6 +269,8 @@ def test_unsupported_distributions():
         _run(_scan_model(step), {"x": "noncentered"})
     with pytest.raises(ValueError, match="real-support loc-scale"):
         _run(_scan_model(step), {"x": "learnable"})
+    with pytest.raises(ValueError, match="needs a real-support site"):
+        _run(_scan_model(step), {"x": "conditional"})
     with pytest.raises(ValueError, match="observed"):
         _run(_scan_model(step), {"y": "learnable"})
 
@@ -277,3 +282,101 @@ def test_parent_must_broadcast_to_the_child():
 
     with pytest.raises(ValueError, match="does not broadcast"):
         _run(run, {"x": StepAffine(("w",))})
+
+
+def test_gaussian_conditional_whitens_the_exact_conditional():
+    """For a linear-Gaussian body the path is ``x = m + L^{-T} u`` with ``m`` and ``L^{-T}
+    L^{-1}`` the exact conditional mean and covariance given the parameters and the data
+    (dense Gaussian oracle), recomputed for each value of the parameter ``q``."""
+
+    def ar_model(y):
+        q = numpyro.sample("q", dist.HalfNormal(1.0))
+
+        def step(carry, y_t):
+            x = numpyro.sample("x", dist.Normal(0.8 * carry, q))
+            numpyro.sample("y", dist.Normal(x, 0.5), obs=y_t)
+            return x, x
+
+        scan(step, jnp.zeros(N), y)
+
+    reparameterized = reparam.scan_reparam(ar_model, {"x": "conditional"})
+
+    def path(q, u):
+        data = {"q": q, "x_whitened": u.reshape(T, N)}
+        trace = handlers.trace(handlers.substitute(reparameterized, data=data)).get_trace(DATA)
+        return trace["x"]["value"].reshape(-1)
+
+    shift = np.eye(T, k=-1)
+    for q in (0.3, 1.2):
+        prior = (np.eye(T) - 0.8 * shift).T @ (np.eye(T) - 0.8 * shift) / q**2
+        covariance = np.linalg.inv(prior + np.eye(T) / 0.25)
+        mean = covariance @ (np.asarray(DATA) / 0.25)  # (T, N): the series are independent
+        zero = jnp.zeros(T * N)
+        np.testing.assert_allclose(path(q, zero).reshape(T, N), mean, rtol=1e-4, atol=1e-5)
+        jac = np.asarray(jax.jacfwd(lambda u, q=q: path(q, u))(zero))
+        implied = jac @ jac.T  # (T N, T N), row-major (t, n)
+        for n in range(N):
+            block = implied[n::N, n::N]
+            np.testing.assert_allclose(block, covariance, rtol=1e-4, atol=1e-6)
+        assert np.allclose(implied[0::N, 1::N], 0.0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_mean_field_svi_with_the_gaussian_conditional_matches_the_exact_posterior():
+    """With the path whitened at every ``q``, a mean-field guide over ``(q, u)`` only has to fit
+    ``p(q | y)``: its mean and sd of ``log q`` (the guide's coordinate) match the best Gaussian
+    fit (reverse KL, by quadrature) of the exact posterior of ``log q`` (grid of the dense
+    Gaussian marginal likelihood ``y ~ N(0, Sigma_x(q) + 0.25 I)``) within 10%, and ``u``'s
+    guide scales stay at 1 (``u | q, y ~ N(0, I)``)."""
+    length = 40
+    rng = np.random.default_rng(3)
+    x = np.zeros(length)
+    for t in range(length):
+        x[t] = 0.8 * (x[t - 1] if t else 0.0) + 0.7 * rng.normal()
+    y = jnp.asarray(x + 0.5 * rng.normal(size=length), jnp.float32)
+
+    def ar_model(y):
+        q = numpyro.sample("q", dist.HalfNormal(1.0))
+
+        def step(carry, y_t):
+            x = numpyro.sample("x", dist.Normal(0.8 * carry, q))
+            numpyro.sample("y", dist.Normal(x, 0.5), obs=y_t)
+            return x, x
+
+        scan(step, 0.0, y)
+
+    reparameterized = reparam.scan_reparam(ar_model, {"x": GaussianConditional()})
+    guide = AutoNormal(reparameterized)
+    schedule = optax.exponential_decay(0.02, 400, 0.5, end_value=0.001)
+    svi = SVI(reparameterized, guide, optax.adam(schedule), Trace_ELBO(num_particles=4))
+    result = svi.run(jax.random.PRNGKey(0), 2500, y, progress_bar=False,
+                     init_params={"x_whitened_auto_scale": jnp.ones(length)})
+    draws = Predictive(reparameterized, guide=guide, params=result.params, num_samples=4000,
+                       return_sites=["q"])(jax.random.PRNGKey(1), y)["q"]
+
+    a = np.eye(length) - 0.8 * np.eye(length, k=-1)
+    grid = np.linspace(np.log(0.05), np.log(2.5), 2000)  # log q
+    log_post = []
+    for q in np.exp(grid):
+        cov = q**2 * np.linalg.inv(a.T @ a) + 0.25 * np.eye(length)
+        _, logdet = np.linalg.slogdet(cov)
+        quad = float(np.asarray(y) @ np.linalg.solve(cov, np.asarray(y)))
+        log_post.append(-0.5 * (logdet + quad) - 0.5 * q**2 + np.log(q))  # HalfNormal, Jacobian
+    log_post = np.asarray(log_post)
+    nodes, node_weights = np.polynomial.hermite_e.hermegauss(40)
+
+    def reverse_kl(loc_log_scale):  # KL(N(m, s) || p) up to a constant, by quadrature
+        loc, log_scale = loc_log_scale
+        points = loc + np.exp(log_scale) * nodes
+        inside = np.interp(points, grid, log_post, left=-1e6, right=-1e6)
+        return -np.sum(node_weights * inside) / np.sqrt(2 * np.pi) - log_scale
+
+    weights = np.exp(log_post - log_post.max())
+    mean = float(np.sum(weights * grid) / weights.sum())
+    best = scipy.optimize.minimize(reverse_kl, [mean, np.log(0.2)], method="Nelder-Mead").x
+    sd = float(np.exp(best[1]))  # the best sd any Gaussian guide over log q can reach
+    log_q = np.log(np.asarray(draws))
+    assert abs(float(log_q.mean()) - best[0]) < 0.1 * sd
+    assert 0.9 < float(log_q.std()) / sd < 1.1
+    scales = np.asarray(result.params["x_whitened_auto_scale"])  # u | q, y ~ N(0, I)
+    assert np.all(np.abs(scales - 1.0) < 0.15)

@@ -7,12 +7,15 @@ import numpyro
 import numpyro.distributions as dist
 import pytest
 from numpyro import handlers
+from numpyro.contrib.control_flow import scan
 from numpyro.infer import Predictive
 from numpyro.infer.util import log_density, potential_energy, unconstrain_fn
 
+import reparam
 import tensorfact
 from tensorfact import temporal
 from tensorfact.build import TensorModel
+from tensorfact.infer.nuts import run_nuts
 from tensorfact.spec import GrandMean, ModelSpec, Temporal
 
 DIMS = ("i", "j", "t")
@@ -185,3 +188,28 @@ def test_errors():
     model = TensorModel(_spec((Temporal("A", by="i", transition=with_plate),)), SIZES)
     with pytest.raises(ValueError, match="Drop the plate"):
         handlers.seed(model, 0)(Y, jnp.ones(Y.shape, bool))
+
+
+def test_nuts_runs_at_the_centring_svi_learned():
+    """``run_nuts(params=...)`` freezes a scan site's learnable centring at the given (learned)
+    value, not at its initial 0.5: NUTS's draws satisfy the map of the learned ``c``."""
+    def walk(y):
+        def step(previous, y_t):
+            x = numpyro.sample("x", dist.Normal(previous, 2.0))
+            numpyro.sample("y", dist.Normal(x, 1.0), obs=y_t)
+            return x, x
+
+        scan(step, 0.0, y)
+
+    model = reparam.scan_reparam(walk, {"x": reparam.LearnableCentering(per_element=False)})
+    learned = {"x_centered": jnp.asarray(0.9), "x_decentered_auto_loc": jnp.zeros(5)}
+    run = run_nuts(model, Y[0, 0, :5], rng_key=jax.random.PRNGKey(0), num_warmup=20,
+                   num_samples=10, num_chains=1, params=learned, warn=False)
+    u, x = run.samples["x_decentered"][0], run.samples["x"][0]
+    previous = np.concatenate([np.zeros((10, 1)), x[:, :-1]], axis=1)
+
+    def model_value(c):  # x_t = m + s^(1-c) (u_t - c m), m = x_{t-1}, s = 2
+        return previous + 2.0 ** (1 - c) * (u - c * previous)
+
+    np.testing.assert_allclose(x, model_value(0.9), rtol=1e-4, atol=1e-4)
+    assert np.max(np.abs(x - model_value(0.5))) > 1e-2  # the initial value was not used
