@@ -21,12 +21,21 @@ their intervals); forecast cells depend on the temporal effects' uncertainty and
 
     python experiments/us_diseases.py --out results/b4 [--quick]
         [--steps N] [--warmup N] [--samples N] [--chains N] [--heldout-only]
+        [--noise shared|per-series] [--family normal|student_t] [--df DF]
+        [--noise-time-by DIM] [--svi-start auto|laplace|newton]
 
-SVI starts from the data-scaled point's Newton step rather than tensorfact.fit's Laplace mode
-of the scales (dense in the ~5,400 location dims: minutes per evaluation here; ``--laplace``
-restores it).
+Noise options (``tensorfact.Noise``): ``--noise per-series`` (a sigma per (disease, state)),
+``--family student_t`` (``--df`` fixed, else learned), ``--noise-time-by disease`` (the noise
+scale also follows a random walk over years per disease). ``--svi-start`` is
+``tensorfact.fit``'s ``svi_start``: ``auto`` takes the Newton start here (5,372 location dims;
+the Laplace start factorises their dense Hessian at every L-BFGS evaluation).
 
-Writes ``results.json``, ``heldout.txt``, ``elbo_heldout.png``, then (unless
+Calibration diagnostics per method and kind of hidden cell (``diagnostics.txt``): the PIT
+histogram (deciles of the predictive CDF at the held-out value; hump-shaped = intervals too
+wide in the centre), the share of the predictive variance due to the noise, the share of the
+squared error from the 10 worst series, and the in-sample standardized residuals.
+
+Writes ``results.json``, ``heldout.txt``, ``diagnostics.txt``, ``elbo_heldout.png``, then (unless
 ``--heldout-only``) ``summary.csv`` (decorrelated SVI), ``summary_nuts.csv``, ``scales.txt``,
 ``elbo.png``, ``effects_by_disease.png`` and ``effect_A.png`` to ``--out``.
 """
@@ -35,23 +44,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import sys
 import time
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import numpy as np
 import xarray as xr
+from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import format_table, write_json  # noqa: E402
 
 import tensorfact  # noqa: E402
-import tensorfact.infer  # noqa: E402
+import tensorfact.predictive  # noqa: E402
 from tensorfact.datasets import us_contagious_diseases  # noqa: E402
-from tensorfact.infer import fit_svi  # noqa: E402
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 SCALES = ("mu", "s_a", "s_b", "s_z", "s_A", "s_B", "s_C", "sigma")
@@ -135,35 +142,71 @@ def heldout_scores(
 
 
 # -- fitting -----------------------------------------------------------------------------------
+def model_spec(data: xr.DataArray, settings: dict[str, Any]) -> tensorfact.ModelSpec:
+    """The default effects with the noise model chosen by the settings."""
+    noise = tensorfact.Noise(
+        per_series=settings["noise"] == "per-series", family=settings["family"],
+        df=settings["df"], time_by=settings["noise_time_by"],
+    )
+    return dataclasses.replace(tensorfact.default_spec(data.dims), noise=noise)
+
+
 def fit_three(data: xr.DataArray, settings: dict[str, Any], seed: int) -> dict[str, Any]:
     """Decorrelated SVI, plain SVI and NUTS (from the decorrelated SVI fit) on ``data``."""
-    if not settings["laplace"]:
-        # tensorfact.fit starts SVI from the Laplace mode of the scales, whose objective needs
-        # a dense Hessian and Cholesky over all ~5,400 location dims per L-BFGS evaluation
-        # (minutes each on 2 cores). Start instead from the Newton step of the locations at
-        # the data-scaled initial scales; SVI then trains the scales.
-        with mock.patch.object(tensorfact.infer, "fit_svi",
-                               functools.partial(fit_svi, laplace=False)):
-            return fit_three(data, {**settings, "laplace": True}, seed)
     fits: dict[str, Any] = {}
-    spec = tensorfact.default_spec(data.dims)
-    if settings["noise"] == "per-series":
-        spec = dataclasses.replace(spec, noise=tensorfact.Noise(per_series=True))
-    fits["svi_decorrelated"] = tensorfact.fit(
-        data, spec, seed=seed, num_steps=settings["steps"], progress_bar=False
-    )
+    spec = model_spec(data, settings)
+    common = {"seed": seed, "progress_bar": False, "svi_start": settings["svi_start"]}
+    fits["svi_decorrelated"] = tensorfact.fit(data, spec, num_steps=settings["steps"], **common)
     _report("svi_decorrelated", fits["svi_decorrelated"])
-    fits["svi_plain"] = tensorfact.fit(
-        data, spec, seed=seed, decorrelate=False, num_steps=settings["steps"], progress_bar=False
-    )
+    fits["svi_plain"] = tensorfact.fit(data, spec, decorrelate=False,
+                                       num_steps=settings["steps"], **common)
     _report("svi_plain", fits["svi_plain"])
     fits["nuts_decorrelated"] = tensorfact.fit(
-        data, spec, method="nuts", seed=seed, from_fit=fits["svi_decorrelated"],
+        data, spec, method="nuts", from_fit=fits["svi_decorrelated"],
         num_warmup=settings["warmup"], num_samples=settings["samples"],
-        num_chains=settings["chains"], progress_bar=False,
+        num_chains=settings["chains"], **common,
     )
     _report("nuts_decorrelated", fits["nuts_decorrelated"])
     return fits
+
+
+def calibration(
+    fit: Any, truth: np.ndarray, draws: np.ndarray, masks: dict[str, np.ndarray],
+    train: np.ndarray,
+) -> dict[str, Any]:
+    """PIT deciles, noise share of the predictive variance and series concentration of the
+    squared error per kind of hidden cell; standardized residuals of the training cells."""
+    loc = fit.linear_predictor().values
+    loc = loc.reshape(-1, *loc.shape[2:])
+    sigma = tensorfact.predictive.noise_scale(fit).values
+    sigma = sigma.reshape(-1, *sigma.shape[2:])
+    noise = fit.spec.noise
+    inflate = 1.0
+    if noise.family == "student_t":  # variance of a unit t (infinite for df <= 2: capped)
+        df = (np.full(len(loc), noise.df) if noise.df is not None
+              else fit.posterior["df"].values.reshape(-1))
+        inflate = np.where(df > 2.2, df / np.maximum(df - 2, 1e-9), 11.0)[:, None]
+    mean = loc.mean(0)
+    out: dict[str, Any] = {}
+    for kind, mask in masks.items():
+        y = truth[mask]
+        pit = np.mean(draws[:, mask] <= y, axis=0)
+        var_loc = loc[:, mask].var(0)
+        var_noise = np.mean(sigma[:, mask] ** 2 * inflate, axis=0)
+        cells = np.argwhere(mask)
+        series = cells[:, 0] * mask.shape[1] + cells[:, 1]
+        error = np.bincount(series, (mean[mask] - y) ** 2)
+        out[kind] = {
+            "pit_deciles": np.histogram(pit, bins=10, range=(0, 1))[0].tolist(),
+            "noise_share": float(np.median(var_noise / (var_noise + var_loc))),
+            "pred_sd": float(np.mean(np.sqrt(var_noise + var_loc))),
+            "top10_series_error_share": float(np.sort(error)[::-1][:10].sum() / error.sum()),
+        }
+    z = ((truth - mean) / np.median(sigma, axis=0))[train]
+    out["train"] = {"sd": float(z.std()), "excess_kurtosis": float(stats.kurtosis(z)),
+                    "inside_0.674": float(np.mean(np.abs(z) < 0.674)),
+                    "outside_1.645": float(np.mean(np.abs(z) > 1.645))}
+    return out
 
 
 def _report(name: str, fit: Any) -> None:
@@ -173,7 +216,8 @@ def _report(name: str, fit: Any) -> None:
         extra = (f", divergences {d.divergences}, max r-hat {d.max_rhat:.3f}, "
                  f"min ESS {d.min_ess:.0f}, {d.mean_steps:.0f} leapfrog steps/iter")
     print(f"  {name}: {fit.info['seconds']:.0f} s ({fit.info['svi_steps']} SVI steps, "
-          f"{fit.info['svi_stopped']}){extra}", flush=True)
+          f"{fit.info['svi_stopped']}, start {fit.info.get('svi_start', 'from fit')}){extra}",
+          flush=True)
 
 
 # -- plots -------------------------------------------------------------------------------------
@@ -220,11 +264,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help="fewer SVI steps and NUTS draws (a smoke run, not the benchmark)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--laplace", action="store_true",
-                        help="start SVI from the Laplace mode of the scales, as tensorfact.fit "
-                        "does by default (dense in the ~5,400 location dims: very slow here)")
+    parser.add_argument("--svi-start", choices=("auto", "laplace", "newton"), default="auto",
+                        help="tensorfact.fit's svi_start (auto: newton at this size; laplace "
+                        "factorises the dense Hessian of ~5,400 location dims per evaluation)")
     parser.add_argument("--noise", choices=("shared", "per-series"), default="shared",
                         help="shared sigma (the default model) or sigma per (disease, state)")
+    parser.add_argument("--family", choices=("normal", "student_t"), default="normal",
+                        help="observation family (Noise(family=...))")
+    parser.add_argument("--df", type=float, default=None,
+                        help="fixed Student-t degrees of freedom (default: learned)")
+    parser.add_argument("--noise-time-by", default=None, choices=("disease", "state"),
+                        help="noise scale also varies over years, one random walk per element "
+                        "of this dim (Noise(time_by=...))")
     parser.add_argument("--heldout-only", action="store_true",
                         help="only the held-out check (skip the fits of the complete data)")
     for name, text in (("steps", "SVI step limit"), ("warmup", "NUTS warmup per chain"),
@@ -243,8 +294,10 @@ def main() -> None:
     for name in ("steps", "warmup", "samples", "chains"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
-    settings["noise"] = args.noise
-    settings["laplace"] = args.laplace
+    settings.update(noise=args.noise, family=args.family, df=args.df,
+                    noise_time_by=args.noise_time_by, svi_start=args.svi_start)
+    if args.df is not None and args.family != "student_t":
+        parser.error("--df needs --family student_t")
     args.out.mkdir(parents=True, exist_ok=True)
     data = us_contagious_diseases()
     observed = np.isfinite(data.values)
@@ -260,17 +313,24 @@ def main() -> None:
     held = fit_three(train, settings, args.seed)
     truth = data.values
     baseline = additive_baseline(train.values)
-    rows = []
+    train_cells = np.isfinite(train.values)
+    rows, diag_lines = [], []
     results["heldout"] = {}
     for name, fit in held.items():
-        bands = fit.predict(quantiles=QUANTILES, seed=args.seed).values
+        draws = fit.predictive_draws(np.random.default_rng(args.seed)).values
+        draws = draws.reshape(-1, *draws.shape[2:])
+        bands = np.quantile(draws, QUANTILES, axis=0)
         mean = fit.predict().values
         entry = {"seconds": fit.info["seconds"], "diagnostics": _diagnostics(fit)}
         for kind, mask in (("random", random), ("forecast", forecast)):
             scores = heldout_scores(truth, bands, mean, mask)
             scores["baseline_rmse"] = float(np.sqrt(np.mean((baseline[mask] - truth[mask]) ** 2)))
             entry[kind] = scores
+        entry["calibration"] = calibration(fit, truth, draws,
+                                           {"random": random, "forecast": forecast}, train_cells)
+        entry["noise_fit"] = _noise_summary(fit)
         results["heldout"][name] = entry
+        diag_lines.append(_calibration_text(name, entry))
         rows.append({
             "method": name,
             "random 50%": entry["random"]["cover50"], "random 90%": entry["random"]["cover90"],
@@ -294,7 +354,9 @@ def main() -> None:
         "NUTS times exclude the decorrelated SVI fit it starts from.\n"
     )
     (args.out / "heldout.txt").write_text(header + table + "\n")
+    (args.out / "diagnostics.txt").write_text("\n".join(diag_lines) + "\n")
     print(header + table, flush=True)
+    print("\n".join(diag_lines), flush=True)
     write_json(args.out / "results.json", results)
     ax = tensorfact.plot_elbo([held["svi_decorrelated"], held["svi_plain"]],
                               labels=["decorrelated", "plain mean-field"])
@@ -340,6 +402,27 @@ def main() -> None:
         results["heldout"][name]["seconds_complete_data"] = fit.info["seconds"]
     write_json(args.out / "results.json", results)
     print(f"Wrote {sorted(p.name for p in args.out.iterdir())} to {args.out}")
+
+
+def _noise_summary(fit: Any) -> dict[str, float]:
+    """Posterior means of the scalar noise sites present (sigma, s_sigma, df, ...)."""
+    names = ("sigma", "s_sigma", "df", "s_sigma_time")
+    return {n: float(fit.posterior[n].mean()) for n in names if n in fit.posterior}
+
+
+def _calibration_text(name: str, entry: dict[str, Any]) -> str:
+    calib = entry["calibration"]
+    lines = [f"{name}: noise {entry['noise_fit']}; training standardized residuals "
+             f"{calib['train']}"]
+    for kind in ("random", "forecast"):
+        c = calib[kind]
+        lines.append(
+            f"  {kind}: cover 50/90 {entry[kind]['cover50']:.3f}/{entry[kind]['cover90']:.3f}, "
+            f"PIT deciles {c['pit_deciles']}, noise share of predictive variance "
+            f"{c['noise_share']:.2f}, mean predictive sd {c['pred_sd']:.3f}, top-10 series "
+            f"share of squared error {c['top10_series_error_share']:.2f}"
+        )
+    return "\n".join(lines)
 
 
 def _diagnostics(fit: Any) -> dict[str, float] | None:

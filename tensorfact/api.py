@@ -32,6 +32,9 @@ from tensorfact.spec import MIN_TIME_STEPS, ModelSpec, Temporal, default_spec
 Method = Literal["svi", "nuts", "exact"]
 METHODS = ("svi", "nuts", "exact")
 GUIDES = ("normal", "lowrank")
+SviStart = Literal["auto", "laplace", "newton"]
+SVI_STARTS = ("auto", "laplace", "newton")
+LAPLACE_MAX_DIM = 2500  # svi_start="auto": Laplace start up to this many location dims
 
 
 def fit(
@@ -54,6 +57,7 @@ def fit(
     num_chains: int = 4,
     svi_steps_for_nuts: int = 2000,
     from_fit: Fit | None = None,
+    svi_start: SviStart = "auto",
     progress_bar: bool = False,
 ) -> Fit:
     """Fits the additive model ``y[i,j,t] ~ Normal(sum_e effect_e, sigma)`` to 3-way data.
@@ -97,6 +101,14 @@ def fit(
         svi_steps_for_nuts: SVI steps that set the coefficients before NUTS.
         from_fit: an SVI fit of the same data and model whose coefficients and solution
             start NUTS (a fit loaded with :func:`tensorfact.load` works too).
+        svi_start: how SVI (and so NUTS's coefficients) starts. ``"laplace"``: the scale
+            hyperparameters at the Laplace mode of their marginal, then a Newton step of the
+            location effects (each L-BFGS evaluation factorises the dense Hessian of all
+            location dims: cubic in their number, minutes per evaluation at ~5,000 dims).
+            ``"newton"``: only the Newton step, at the data-scaled initial scales (one dense
+            factorisation); SVI then trains the scales. ``"auto"`` (default): ``"laplace"``
+            up to :data:`LAPLACE_MAX_DIM` (2,500) location dims, ``"newton"`` above. The choice
+            made is ``fit.info["svi_start"]``.
         progress_bar: show progress bars.
 
     Returns:
@@ -114,7 +126,7 @@ def fit(
         method=method, seed=check_seed(seed), num_steps=num_steps, learning_rate=learning_rate,
         optimizer=optimizer, guide=guide, stop_at_plateau=stop_at_plateau, num_draws=num_draws,
         num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
-        svi_steps_for_nuts=svi_steps_for_nuts, progress_bar=progress_bar,
+        svi_steps_for_nuts=svi_steps_for_nuts, svi_start=svi_start, progress_bar=progress_bar,
     )
     request.check()
     tensor, spec, switched = check_inputs(data, spec, dims=dims, time=time,
@@ -139,11 +151,13 @@ class _Request:
     num_samples: int
     num_chains: int
     svi_steps_for_nuts: int
+    svi_start: str
     progress_bar: bool
 
     def check(self) -> None:
         check_choice("method", self.method, METHODS)
         check_choice("guide", self.guide, GUIDES)
+        check_choice("svi_start", self.svi_start, SVI_STARTS)
         for name in ("num_steps", "num_draws", "num_samples", "num_chains",
                      "svi_steps_for_nuts"):
             check_positive_int(name, getattr(self, name))
@@ -216,11 +230,15 @@ def _run(
         svi_settings = dict(previous._settings.get("svi", {}))
     else:
         steps = request.num_steps if request.method == "svi" else request.svi_steps_for_nuts
+        start = resolve_svi_start(request.svi_start, model)
+        surrogate = model.gaussian_surrogate()  # the start's Gaussian analysis (Student-t)
         try:
             svi = fit_svi(
                 decorrelated, *args,
                 point=model.initial_point(tensor.filled, tensor.mask),
-                rng_key=key, num_steps=steps, learning_rate=request.learning_rate,
+                analysis=surrogate.decorrelated(switched) if surrogate is not model else None,
+                laplace=start == "laplace", rng_key=key, num_steps=steps,
+                learning_rate=request.learning_rate,
                 optimizer=request.optimizer, guide=request.guide,
                 stopping=Plateau() if request.stop_at_plateau else None,
                 progress_bar=request.progress_bar,
@@ -234,10 +252,12 @@ def _run(
         "svi_steps": len(svi.run.losses), "svi_stopped": svi.run.stopped,
         "svi_seconds": svi.run.seconds,
     }
+    if previous is None:
+        info["svi_start"] = start
     sites = (list(svi.start.point) if svi.start is not None
              else list(previous._settings["sites"]))  # every latent site, model coordinates
     effects = [e.name for e in spec.effects if e.name not in sites]  # e.g. scan transitions
-    returned = sites + effects + (["sigma_series"] if spec.noise.per_series else [])
+    returned = sites + effects + list(model.noise_deterministics)
     settings = {"key": [int(k) for k in np.asarray(key)], "num_draws": request.num_draws,
                 "sites": sites, "returned": returned, "svi": svi_settings}
     if request.method == "svi":
@@ -250,6 +270,7 @@ def _run(
             num_warmup=request.num_warmup, num_samples=request.num_samples,
             num_chains=request.num_chains, report_sites=sites,
             progress_bar=request.progress_bar, warn=False,
+            params=svi.run.params,  # e.g. a learnable centring SVI trained (scan effects)
         )
         warn_if_unhealthy(  # stacklevel 4: points at the caller of fit()
             nuts.diagnostics, stacklevel=4,
@@ -275,6 +296,16 @@ def _run(
         _svi=svi,
         _settings=settings,
     )
+
+
+def resolve_svi_start(svi_start: str, model: TensorModel) -> str:
+    """``"laplace"`` or ``"newton"``: ``svi_start`` itself, or for ``"auto"`` the Laplace start
+    when the model has at most :data:`LAPLACE_MAX_DIM` location dims (their dense Hessian is
+    factorised at every L-BFGS evaluation of the Laplace start)."""
+    if svi_start != "auto":
+        return svi_start
+    dims = sum(int(np.prod(model.shape_of(site.dims))) for site in model.location_sites)
+    return "laplace" if dims <= LAPLACE_MAX_DIM else "newton"
 
 
 def model_cache_key(

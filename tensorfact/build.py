@@ -3,7 +3,13 @@
 The model (:class:`TensorModel`) samples all hyperparameters first (prior scales, AR
 coefficients, noise), then the location effects in specification order, then the data:
 
-    y[i,j,t] ~ Normal(sum_e effect_e[dims_e], sigma[i,j]),  NaN cells masked out.
+    y[i,j,t] ~ Normal(sum_e effect_e[dims_e], sigma[i,j]),  NaN cells masked out,
+
+or ``StudentT(df, sum_e effect_e[dims_e], sigma[i,j])`` for ``Noise(family="student_t")``.
+:meth:`TensorModel.gaussian_surrogate` is the same model with the Student-t replaced by the
+Gaussian of equal Fisher information; its (positive-definite) local precision drives the
+Gaussian start of SVI, where the Student-t Hessian can be indefinite (cells whose residual
+exceeds ``sqrt(df) sigma`` have negative curvature).
 
 The decorrelation (:meth:`TensorModel.decorrelated`) makes every location effect a child of all
 earlier location effects, in coordinates rotated by an orthonormal Helmert basis along each
@@ -27,7 +33,14 @@ from jax import Array
 
 import reparam
 from tensorfact.priors import AR1, DriftRandomWalk, scale_prior
-from tensorfact.spec import GrandMean, ModelSpec, Shrinkage, Temporal
+from tensorfact.spec import (
+    DF_PRIOR,
+    TIME_NOISE_PRIOR_SCALE,
+    GrandMean,
+    ModelSpec,
+    Shrinkage,
+    Temporal,
+)
 from tensorfact.temporal import sample_scan_effect, start_point, step_sites
 
 DecorrelateToggle = bool | Mapping[str, bool]
@@ -45,6 +58,14 @@ class LocationSite:
 def _vectorised(effect: object) -> bool:
     """A built-in temporal effect (hyperparameters sampled here, not by a transition)."""
     return isinstance(effect, Temporal) and effect.transition is None
+
+
+def fisher_scale(scale: Array, df: Array) -> Array:
+    """Sd of the Gaussian with the Fisher information of ``StudentT(df, loc, scale)`` about
+    ``loc``: that information is ``(df + 1) / ((df + 3) scale^2)``, so the sd is
+    ``scale sqrt((df + 3) / (df + 1))`` (tends to ``scale`` as ``df -> inf``; written as
+    ``sqrt(1 + 2 / (df + 1))``, finite for ``df = inf``, where an optimiser's trial steps go)."""
+    return scale * jnp.sqrt(1.0 + 2.0 / (df + 1.0))
 
 
 def to_data_axes(value: Array, dims: tuple[str, ...], data_dims: tuple[str, ...]) -> Array:
@@ -68,9 +89,19 @@ class TensorModel:
         sizes: dim name -> length, for the three data dims.
     """
 
-    def __init__(self, spec: ModelSpec, sizes: Mapping[str, int]) -> None:
+    def __init__(
+        self, spec: ModelSpec, sizes: Mapping[str, int], *, surrogate: bool = False
+    ) -> None:
         self.spec = spec
         self.sizes = {d: int(sizes[d]) for d in spec.dims}
+        self.surrogate = surrogate
+
+    def gaussian_surrogate(self) -> TensorModel:
+        """The same sites with a Gaussian likelihood of the Student-t's Fisher information
+        (:func:`fisher_scale`); ``self`` for Normal noise. Used only to compute SVI's start."""
+        if self.spec.noise.family == "normal":
+            return self
+        return TensorModel(self.spec, self.sizes, surrogate=True)
 
     # -- structure ---------------------------------------------------------------------------
     @property
@@ -110,7 +141,16 @@ class TensorModel:
         sigma = hyper["sigma"]
         if spec.noise.per_series:
             sigma = to_data_axes(hyper["sigma_series"], spec.other_dims, spec.dims)
-        likelihood = dist.Normal(jnp.broadcast_to(loc, mask.shape), sigma)
+        if spec.noise.time_by is not None:
+            factor = jnp.exp(hyper["log_sigma_time"])
+            sigma = sigma * to_data_axes(factor, (spec.noise.time_by, time), spec.dims)
+        loc = jnp.broadcast_to(loc, mask.shape)
+        if spec.noise.family == "normal":
+            likelihood = dist.Normal(loc, sigma)
+        elif self.surrogate:
+            likelihood = dist.Normal(loc, fisher_scale(sigma, hyper["df"]))
+        else:
+            likelihood = dist.StudentT(hyper["df"], loc, sigma)
         numpyro.sample("y", likelihood.mask(mask).to_event(3), obs=y)
 
     def _sample_hyperparameters(self) -> dict[str, Array]:
@@ -145,6 +185,21 @@ class TensorModel:
                 "log_sigma_series", log_sigma.expand(shape).to_event(len(shape))
             )
             hyper["sigma_series"] = numpyro.deterministic("sigma_series", jnp.exp(series))
+        if noise.time_by is not None:
+            hyper["s_sigma_time"] = numpyro.sample(
+                "s_sigma_time", dist.HalfNormal(TIME_NOISE_PRIOR_SCALE)
+            )
+            shape = self.shape_of((noise.time_by, self.spec.time))
+            steps = numpyro.sample("sigma_time_steps", dist.Normal(0.0, 1.0).expand(shape)
+                                   .to_event(2))
+            walk = hyper["s_sigma_time"] * jnp.cumsum(steps, axis=-1)
+            hyper["log_sigma_time"] = numpyro.deterministic(
+                "log_sigma_time", walk - jnp.mean(walk, axis=-1, keepdims=True)
+            )
+        if noise.learns_df:
+            hyper["df"] = numpyro.sample("df", dist.Gamma(*DF_PRIOR))
+        elif noise.family == "student_t":
+            hyper["df"] = jnp.asarray(noise.df)
         return hyper
 
     def _sample_temporal(
@@ -164,6 +219,26 @@ class TensorModel:
             )
             prior = DriftRandomWalk(slope, jnp.broadcast_to(scale, rows))
         return numpyro.sample(effect.name, prior.to_event(len(rows)))
+
+    @property
+    def noise_deterministics(self) -> dict[str, tuple[str, ...]]:
+        """Deterministic noise sites -> dims (returned with the posterior draws)."""
+        noise, out = self.spec.noise, {}
+        if noise.per_series:
+            out["sigma_series"] = self.spec.other_dims
+        if noise.time_by is not None:
+            out["log_sigma_time"] = (noise.time_by, self.spec.time)
+        return out
+
+    @property
+    def noise_site_dims(self) -> dict[str, tuple[str, ...]]:
+        """Every noise site with dims -> its dims (scalar sites are left out)."""
+        noise, out = self.spec.noise, dict(self.noise_deterministics)
+        if noise.per_series:
+            out["log_sigma_series"] = self.spec.other_dims
+        if noise.time_by is not None:
+            out["sigma_time_steps"] = (noise.time_by, self.spec.time)
+        return out
 
     # -- decorrelation -----------------------------------------------------------------------
     def decorrelation_config(self, decorrelate: DecorrelateToggle = True) -> dict[str, list[str]]:
@@ -274,6 +349,12 @@ class TensorModel:
             point["s_sigma"] = np.asarray(0.3, np.float32)
             shape = self.shape_of(self.spec.other_dims)
             point["log_sigma_series"] = np.full(shape, np.log(0.5 * spread), np.float32)
+        if self.spec.noise.time_by is not None:
+            point["s_sigma_time"] = np.asarray(0.05, np.float32)
+            shape = self.shape_of((self.spec.noise.time_by, self.spec.time))
+            point["sigma_time_steps"] = np.zeros(shape, np.float32)
+        if self.spec.noise.learns_df:
+            point["df"] = np.asarray(10.0, np.float32)  # the prior's mode
         if any(isinstance(e, Temporal) and not _vectorised(e) for e in self.spec.effects):
             point = start_point(self, point, jnp.asarray(y), jnp.asarray(mask))
         return point

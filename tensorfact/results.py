@@ -30,9 +30,7 @@ def site_dims(model: TensorModel) -> dict[str, tuple[str, ...]]:
     for effect in spec.effects:
         if getattr(effect, "prior", None) == "horseshoe":
             dims[f"lambda_{effect.name}"] = spec.effect_dims(effect)
-    if spec.noise.per_series:
-        dims["log_sigma_series"] = spec.other_dims
-        dims["sigma_series"] = spec.other_dims
+    dims.update(model.noise_site_dims)  # per-series and time-varying noise sites
     return dims
 
 
@@ -272,6 +270,18 @@ class Fit:
             total = total + self.posterior[effect.name]
         return total.transpose("chain", "draw", *self.data.dims)
 
+    def predictive_draws(self, rng: np.random.Generator | None = None) -> xr.DataArray:
+        """Posterior predictive draws of every cell (``chain, draw, <data dims>``), with the
+        fit's noise model (Normal or Student-t, shared, per-series or time-varying scale).
+
+        Args:
+            rng: NumPy generator for the observation noise (default: seeded with the fit's
+                seed).
+        """
+        from tensorfact.predictive import predictive_draws
+
+        return predictive_draws(self, np.random.default_rng(self.seed) if rng is None else rng)
+
     def predict(
         self,
         *,
@@ -295,11 +305,7 @@ class Fit:
         if not all(0 < q < 1 for q in quantiles):
             raise ValueError(f"quantiles must lie in (0, 1), got {quantiles}.")
         rng = np.random.default_rng(self.seed if seed is None else seed)
-        if self.spec.noise.per_series:
-            sigma = self.posterior["sigma_series"].broadcast_like(mean)
-        else:
-            sigma = self.posterior["sigma"].broadcast_like(mean)
-        draws = mean.values + sigma.values * rng.standard_normal(mean.shape)
+        draws = self.predictive_draws(rng).values
         values = np.quantile(draws.reshape((-1,) + draws.shape[2:]), quantiles, axis=0)
         return self.data.to_dataarray(values, leading={"quantile": quantiles})
 

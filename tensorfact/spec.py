@@ -3,7 +3,7 @@
 A specification describes the additive model for a 3-way array ``y`` with dims ``(i, j, t)``
 (any names; ``t`` is the time dim):
 
-    y[i,j,t] ~ Normal(mu + sum_e effect_e[dims_e], sigma[i,j]^2)
+    y[i,j,t] ~ Normal(mu + sum_e effect_e[dims_e], sigma[i,j]^2)   (or Student-t, see Noise)
 
 * :class:`GrandMean` ``mu ~ Normal(loc, scale)``;
 * :class:`Shrinkage` over a subset of the non-time dims (or any 2 dims), elements
@@ -12,7 +12,8 @@ A specification describes the additive model for a 3-way array ``y`` with dims `
 * :class:`Temporal` over the time dim, one series (``by=None``) or one per element of another
   dim, with a random-walk, local-linear-trend or AR(1) prior whose innovation scale has a
   ``HalfNormal(prior_scale)`` prior;
-* :class:`Noise`, one ``sigma`` or one per ``(i, j)`` series with a hierarchical prior.
+* :class:`Noise`, one ``sigma`` or one per ``(i, j)`` series with a hierarchical prior;
+  Normal or Student-t observations (``df`` fixed or learned).
 
 The default specification (:func:`default_spec`) is the full model of the design notes with
 effects ``mu, a, b, z, A, B, C``.
@@ -39,7 +40,8 @@ RESERVED_SUFFIXES = (
     "_noise", "_decentered", "_centered",  # reparam.scan
     "_auto_loc", "_auto_scale", "_auto_scale_tril",  # autoguides
 )
-NOISE_SITES = ("sigma", "s_sigma", "sigma_series", "log_sigma_series")
+NOISE_SITES = ("sigma", "s_sigma", "sigma_series", "log_sigma_series", "df", "s_sigma_time",
+               "sigma_time_steps", "log_sigma_time")
 RESERVED_NAMES = (*NOISE_SITES, "y")
 RESERVED_DIMS = ("chain", "draw", "quantile", "sample")
 
@@ -192,18 +194,67 @@ class Temporal:
         return f"s_{self.name}"
 
 
+NoiseFamily = Literal["normal", "student_t"]
+NOISE_FAMILIES = ("normal", "student_t")
+DF_PRIOR = (2.0, 0.1)  # Gamma(shape, rate) prior of a learned df: mean 20, mode 10
+TIME_NOISE_PRIOR_SCALE = 0.2  # s_sigma_time ~ HalfNormal(0.2): log-noise change per time step
+
+
 @dataclass(frozen=True)
 class Noise:
-    """Observation noise: one ``sigma ~ HalfNormal(prior_scale)``, or per ``(i, j)`` series
-    ``log sigma[i,j] ~ Normal(log sigma, s_sigma)`` with ``s_sigma ~ HalfNormal(0.5)``."""
+    """Observation noise: its scale and its family.
+
+    Scale: one ``sigma ~ HalfNormal(prior_scale)``, or per ``(i, j)`` series
+    ``log sigma[i,j] ~ Normal(log sigma, s_sigma)`` with ``s_sigma ~ HalfNormal(0.5)``.
+    With ``time_by`` (a non-time dim, e.g. ``"disease"``) the scale also changes over time,
+    one factor per element ``k`` of that dim and time step: ``sigma[i,j,t] = sigma[i,j]
+    exp(w[k,t])`` with ``w[k,:]`` a random walk (non-centred: ``w = s_sigma_time cumsum(e)``,
+    ``e ~ N(0, 1)`` the site ``sigma_time_steps``, ``s_sigma_time ~ HalfNormal(0.2)``) centred
+    to mean 0 over time (deterministic site ``log_sigma_time``), so ``sigma[i,j]`` stays the
+    series' typical scale. Use it when the noise shrinks or grows with the level over time (on
+    the US diseases data the residuals of low-incidence years are half as large).
+
+    Family: ``"normal"`` (``y ~ Normal(loc, sigma)``) or ``"student_t"``
+    (``y ~ StudentT(df, loc, sigma)``, heavy-tailed: ``sigma`` is then the t scale, the sd is
+    ``sigma sqrt(df / (df - 2))`` for ``df > 2``). For ``"student_t"``, ``df`` is a fixed number
+    of degrees of freedom (``> 0``), or ``None`` to learn it as the site ``df`` with a
+    ``Gamma(2, 0.1)`` prior (Juarez & Steel 2010: mean 20, mode 10). ``df`` must be ``None``
+    for ``"normal"``.
+    """
 
     per_series: bool = False
     prior_scale: float = 1.0
+    family: NoiseFamily = "normal"
+    df: float | None = None
+    time_by: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.per_series, bool):
             raise TypeError(f"Noise: per_series must be True or False, got {self.per_series!r}.")
         _check_positive("Noise", "prior_scale", self.prior_scale)
+        if self.time_by is not None and not isinstance(self.time_by, str):
+            raise TypeError(
+                f"Noise: time_by must be a dim name or None, got {self.time_by!r}; pass e.g. "
+                "time_by='disease'."
+            )
+        if not isinstance(self.family, str) or self.family not in NOISE_FAMILIES:
+            raise ValueError(
+                f"Noise: unknown family {self.family!r}; use one of {NOISE_FAMILIES}."
+            )
+        if self.df is None:
+            return
+        if self.family == "normal":
+            raise ValueError(
+                f"Noise: df={self.df!r} is only used with family='student_t'; drop df or pass "
+                "family='student_t'."
+            )
+        _check_positive("Noise", "df", self.df)
+        object.__setattr__(self, "df", float(self.df))
+
+    @property
+    def learns_df(self) -> bool:
+        """Whether the Student-t degrees of freedom are a latent site ``df``."""
+        return self.family == "student_t" and self.df is None
 
 
 Effect = GrandMean | Shrinkage | Temporal
@@ -341,6 +392,12 @@ def validate_spec(spec: ModelSpec) -> None:
         raise ValueError("A specification can hold at most one GrandMean; remove the others.")
     if not isinstance(spec.noise, Noise):
         raise TypeError(f"ModelSpec.noise must be a Noise, got {type(spec.noise).__name__}.")
+    by = spec.noise.time_by
+    if by is not None and (by not in spec.dims or by == spec.time):
+        raise ValueError(
+            f"Noise: time_by={by!r} must be one of the non-time dims "
+            f"{tuple(d for d in spec.dims if d != spec.time)}; pass one of them or None."
+        )
 
 
 def _check_reserved(name: str) -> None:

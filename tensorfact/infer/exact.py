@@ -27,9 +27,20 @@ def check_exact_spec(spec: ModelSpec) -> None:
     """Refuses specifications the collapsed computation does not cover.
 
     Raises:
-        ValueError: for a temporal effect with a user-written ``transition`` (its prior is
-            not a built-in linear-Gaussian one the structured algebra knows).
+        ValueError: for Student-t or time-varying noise (the effects' conditional is then not
+            Gaussian with a known covariance), or a temporal effect with a user-written
+            ``transition`` (its prior is not a built-in linear-Gaussian one the structured
+            algebra knows).
     """
+    noise = spec.noise
+    if noise.family != "normal" or noise.time_by is not None:
+        what = ("Student-t noise" if noise.family != "normal"
+                else f"a noise scale that changes over time (time_by={noise.time_by!r})")
+        raise ValueError(
+            f"method='exact' integrates the effects out under Gaussian noise with a constant "
+            f"scale per series, but the spec has {what}; fit it with method='svi' or 'nuts', "
+            "or use Noise(per_series=...) without family/time_by for method='exact'."
+        )
     scanned = [e.name for e in spec.effects if isinstance(e, Temporal) and e.transition]
     if scanned:
         raise ValueError(
