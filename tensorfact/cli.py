@@ -7,6 +7,7 @@ stderr with exit code 2, never as a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,12 +52,15 @@ Fits the default additive model
     y[i,j,t] ~ Normal(mu + a[i] + b[j] + z[t] + A[i,t] + B[j,t] + C[i,j], sigma^2)
 
 to a 3-dim variable of a netCDF file (NaN = missing cell; i, j, t are the variable's dims in
-order, t the time dim). Writes to --out:
+order, t the time dim); --noise, --family and --noise-time-by change the noise model (a
+sigma per (i, j) series, Student-t observations, a scale that changes over time). Writes to
+--out:
 
   fit.nc        the saved fit (reload with tensorfact.load)
   posterior.nc  posterior draws (chain, draw, <your dims>) in model coordinates
   summary.csv   mean, sd and 90% interval of every effect element and scale
   elbo.png      the SVI loss trace (-ELBO); for NUTS, that of the SVI run that starts it
+                (none for --method exact, which runs no SVI)
   effect_z.png, effect_A.png, effect_B.png   temporal effects with 90% bands
 
 Errors are reported as one line on stderr with exit code 2."""
@@ -93,9 +97,21 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--var", metavar="NAME",
                      help="variable to fit (default: the file's only 3-dim variable)")
     fit.add_argument("--time", metavar="DIM", help="name of the time dim (default: the last dim)")
-    fit.add_argument("--method", choices=("svi", "nuts"), default="svi",
+    fit.add_argument("--method", choices=("svi", "nuts", "exact"), default="svi",
                      help="svi: variational, fast (default); nuts: MCMC on the decorrelated "
-                     "model, started from a short SVI run")
+                     "model, started from a short SVI run; exact: the effects integrated out "
+                     "(Gaussian noise only), NUTS over the scales, exact draws of the effects")
+    fit.add_argument("--noise", choices=("shared", "per-series"), default="shared",
+                     help="one noise scale (default) or one per series of the two non-time "
+                     "dims, with a hierarchical prior")
+    fit.add_argument("--family", choices=("normal", "student-t"), default="normal",
+                     help="observation noise: normal (default) or Student-t (heavy tails)")
+    fit.add_argument("--df", type=float, default=None, metavar="DF",
+                     help="Student-t degrees of freedom, fixed (default: learned; needs "
+                     "--family student-t)")
+    fit.add_argument("--noise-time-by", default=None, metavar="DIM",
+                     help="the noise scale also changes over time, one random walk per entry "
+                     "of this non-time dim (default: constant over time)")
     fit.add_argument("--no-decorrelate", nargs="*", metavar="EFFECT", default=None,
                      help="switch decorrelation off for these effects (mu a b z A B C); with "
                      "no names, for all of them. Put it after DATA.nc")
@@ -271,9 +287,15 @@ def run_fit(args: argparse.Namespace) -> None:
         steps = {"svi_steps_for_nuts": args.steps or NUTS_SVI_STEPS}
     else:
         steps = {"num_steps": args.steps or SVI_STEPS}
+    noise = tensorfact.Noise(per_series=args.noise == "per-series",
+                             family=args.family.replace("-", "_"), df=args.df,
+                             time_by=args.noise_time_by)
+    spec = None
+    if noise != tensorfact.Noise():
+        spec = dataclasses.replace(tensorfact.default_spec(data.dims, args.time), noise=noise)
     fit = tensorfact.fit(
-        data, method=args.method, decorrelate=decorrelate, seed=args.seed, time=args.time,
-        num_samples=args.samples, num_warmup=args.warmup, num_chains=args.chains,
+        data, spec=spec, method=args.method, decorrelate=decorrelate, seed=args.seed,
+        time=args.time, num_samples=args.samples, num_warmup=args.warmup, num_chains=args.chains,
         progress_bar=not args.quiet, **steps,
     )
     out: Path = args.out

@@ -141,6 +141,32 @@ def test_fit_command_passes_options(data_file, tmp_path, monkeypatch, capsys):
     assert tensorfact.load(tmp_path / "fit.nc").decorrelate == dict.fromkeys(effects, False)
 
 
+def test_fit_command_noise_and_exact_options(data_file, tmp_path, monkeypatch, capsys):
+    """``--noise``, ``--family``, ``--df`` and ``--noise-time-by`` build the default spec with
+    that noise; without them ``tensorfact.fit`` gets no spec (its default); ``--method exact``
+    reaches it."""
+    seen: dict[str, Any] = {}
+
+    def fake_fit(data, spec=None, **kwargs):
+        seen.clear()
+        seen.update(kwargs, spec=spec)
+        return stand_in_fit(data, spec, **kwargs)
+
+    monkeypatch.setattr(tensorfact, "fit", fake_fit)
+    code = cli.main(["fit", str(data_file), "--noise", "per-series", "--family", "student-t",
+                     "--df", "5", "--noise-time-by", "product", "--quiet", "--out",
+                     str(tmp_path / "t")])
+    assert code == 0, capsys.readouterr().err
+    expected = tensorfact.Noise(per_series=True, family="student_t", df=5.0, time_by="product")
+    assert seen["spec"].noise == expected
+    default = tensorfact.default_spec(("region", "product", "year"))
+    assert seen["spec"].effects == default.effects
+    assert tensorfact.load(tmp_path / "t" / "fit.nc").spec.noise == expected
+    assert cli.main(["fit", str(data_file), "--method", "exact", "--quiet", "--out",
+                     str(tmp_path / "e")]) == 0
+    assert seen["spec"] is None and seen["method"] == "exact"
+
+
 def test_cli_defaults_are_the_api_defaults():
     defaults = inspect.signature(REAL_FIT).parameters
     assert cli.SVI_STEPS == defaults["num_steps"].default
@@ -207,6 +233,10 @@ def bad_files(small_data, tmp_path_factory):
         ("good", ["--steps", "many"], "positive integer"),
         ("good", ["--method", "mcmc"], "invalid choice"),
         ("good", ["--seed", "-1"], "non-negative"),
+        ("good", ["--df", "4"], "only used with family='student_t'"),
+        ("good", ["--family", "student-t", "--df", "0"], "df must be > 0"),
+        ("good", ["--noise-time-by", "year"], "must be one of the non-time dims"),
+        ("good", ["--family", "cauchy"], "invalid choice"),
     ],
 )
 def test_errors_are_one_line(bad_files, tmp_path, capsys, monkeypatch, case, extra, needle):
@@ -229,7 +259,8 @@ def test_help_documents_every_option(capsys):
     fit_parser = parser._subparsers._group_actions[0].choices["fit"]
     options = {o for a in fit_parser._actions for o in a.option_strings} - {"-h", "--help"}
     assert options == {"--var", "--time", "--method", "--no-decorrelate", "--steps",
-                       "--samples", "--warmup", "--chains", "--seed", "--quiet", "--out"}
+                       "--samples", "--warmup", "--chains", "--seed", "--quiet", "--out",
+                       "--noise", "--family", "--df", "--noise-time-by"}
     assert all(a.help for a in fit_parser._actions)
     assert cli.main(["fit", "--help"]) == 0
     text = capsys.readouterr().out
