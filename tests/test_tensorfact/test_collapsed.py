@@ -14,6 +14,7 @@ import arviz as az
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 from numpyro import handlers
 
@@ -212,6 +213,23 @@ def test_exact_fit_is_labelled_like_other_methods(exact_fit):
     table = fit.summary(["mu", "sigma"])
     assert {"r_hat", "ess_bulk"} <= set(table.columns) and len(table) == 2
     assert fit.predict().dims == data.dims
+
+
+def test_exact_fit_saves_and_loads(exact_fit, tmp_path):
+    """An exact fit round-trips through save/load: same draws, summary, prediction, info;
+    it has no SVI state, so resume is refused with a message."""
+    _, fit, _ = exact_fit
+    fit.save(tmp_path / "exact.nc")
+    loaded = tensorfact.load(tmp_path / "exact.nc")
+    assert loaded.method == "exact" and loaded.losses is None and loaded.spec == fit.spec
+    for name in fit.posterior.data_vars:
+        np.testing.assert_array_equal(loaded.posterior[name].values, fit.posterior[name].values)
+    pd.testing.assert_frame_equal(loaded.summary(), fit.summary())
+    np.testing.assert_array_equal(loaded.predict(quantiles=[0.1, 0.9]).values,
+                                  fit.predict(quantiles=[0.1, 0.9]).values)
+    assert loaded.info["algebra"] == fit.info["algebra"]
+    with pytest.raises(ValueError, match="Only SVI fits can be resumed"):
+        loaded.resume(10)
 
 
 def test_exact_fit_matches_dense_reference(exact_fit):
