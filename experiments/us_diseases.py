@@ -296,7 +296,8 @@ def main() -> None:
 
     settings = (
         {"steps": 1500, "warmup": 100, "samples": 100, "chains": 1}
-        if args.quick else {"steps": 5000, "warmup": 400, "samples": 400, "chains": 2}
+        # NUTS 2 x (1000 + 1000): max r-hat 1.03 on the held-out fit (2 x (400 + 400): 1.10)
+        if args.quick else {"steps": 5000, "warmup": 1000, "samples": 1000, "chains": 2}
     )
     for name in ("steps", "warmup", "samples", "chains"):
         if getattr(args, name) is not None:
