@@ -65,7 +65,7 @@ from numpyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import format_table, write_json  # noqa: E402
-from state_space_reference import exact_reference, filter_check  # noqa: E402
+from state_space_reference import PARAMS, exact_reference, filter_check  # noqa: E402
 
 import reparam  # noqa: E402
 from tensorfact.infer.decorrelated import fit_svi  # noqa: E402
@@ -73,7 +73,6 @@ from tensorfact.infer.nuts import run_nuts  # noqa: E402
 from tensorfact.infer.svi import run_svi  # noqa: E402
 
 TRUTH = {"phi": 0.5, "beta": 0.9, "q": 0.5, "r": 0.3}
-PARAMS = ("phi", "beta", "q", "r")
 CONDITIONAL = {"x": "conditional"}
 VARIANTS = {"centred": {}, "non-centred": {"x": "noncentered"}, "learnable": {"x": "learnable"},
             "conditional": CONDITIONAL}

@@ -75,7 +75,7 @@ def test_python_snippets_run(tmp_path, monkeypatch):
     monkeypatch.setattr(tensorfact, "fit", fit)
     namespace = _run_python_blocks(tmp_path)
     assert [c.get("decorrelate", True) for c in calls] == [True, False, True]
-    assert calls and namespace["custom"].spec.effect("A").transition is namespace["damped_walk"]
+    assert namespace["custom"].spec.effect("A").transition is namespace["damped_walk"]
     assert namespace["fit"].predict().dims == namespace["data"].dims
 
 
