@@ -177,12 +177,13 @@ class LocalGaussian:
         self,
         point: Mapping[str, Any],
         coefficients: Mapping[str, Any],
-        precision: np.ndarray,
+        sd: Mapping[str, Any],
     ) -> dict[str, np.ndarray]:
         """Centredness and reference scale of each decentred child at ``point``.
 
         ``c_k = 1 - p_k / P_k`` with ``P_k = (G^T P G)_kk`` the total precision of guide
-        coordinate ``k`` and ``p_k`` the part from the child's own prior,
+        coordinate ``k`` (``sd`` are :meth:`aux_point`'s mean-field sds, ``P_k = sd_k^-2``:
+        passing them saves recomputing ``G^T P G``) and ``p_k`` the part from the child's own prior,
         ``(F_cc^T H_c F_cc)_kk`` (``H_c``: Hessian of the child's prior alone,
         ``F_cc = I + W_c``); ``scale_ref`` is the child's prior scale at ``point``
         (see :mod:`reparam.decenter`).
@@ -193,15 +194,12 @@ class LocalGaussian:
             return {}
 
         def build():
-            def evaluate(point, coefficients, precision):
+            def evaluate(point, coefficients, sd):
                 unconstrained = self.unconstrained(point)
                 z = plan.split(
                     plan.rotate(plan.join({s.name: unconstrained[s.name] for s in plan.sites}))
                 )
-                sampling = jax.jacfwd(lambda g: plan.guide_to_z(g, coefficients))(
-                    jnp.zeros(plan.dim)
-                )
-                total = plan.split(jnp.einsum("ik,ij,jk->k", sampling, precision, sampling))
+                total = {name: sd[name] ** -2 for name in children}
                 seeded = handlers.seed(handlers.substitute(model.fn, data=point), rng_seed=0)
                 trace = handlers.trace(seeded).get_trace(*args, **kwargs)
                 out = {}
@@ -237,7 +235,8 @@ class LocalGaussian:
 
         with jax.enable_x64(True):
             values = self._compiled("decentering", build)(
-                as_float64(point), as_float64(coefficients), jnp.asarray(precision, jnp.float64)
+                as_float64(point), as_float64(coefficients),
+                as_float64({name: sd[name] for name in children}),
             )
             return {k: np.asarray(v) for k, v in values.items()}
 

@@ -131,7 +131,7 @@ def initialize(
     point, precision = local.newton(point)
     coefficients = local.coefficients(point, precision=precision)
     loc, sd = local.aux_point(point, coefficients, precision)
-    coefficients.update(local.decentering(point, coefficients, precision))
+    coefficients.update(local.decentering(point, coefficients, sd))
     for name, family in local.plan.families.items():
         if family.decenter:  # rescale deviations from the fitted point (reparam.decenter)
             coefficients[f"{name}_decenter_at"] = np.asarray(loc[name])
