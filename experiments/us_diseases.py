@@ -23,6 +23,7 @@ their intervals); forecast cells depend on the temporal effects' uncertainty and
         [--steps N] [--warmup N] [--samples N] [--chains N] [--heldout-only]
         [--noise shared|per-series] [--family normal|student-t] [--df DF]
         [--noise-time-by none|disease|state] [--svi-start auto|laplace|newton]
+        [--refreshes auto|N]
 
 Noise options (``tensorfact.Noise``): ``--noise per-series`` (a sigma per (disease, state)),
 ``--family student-t`` (``--df`` fixed, else learned), ``--noise-time-by disease`` (the noise
@@ -33,7 +34,10 @@ cells at 50% by 17–22 points (the residuals of the low-incidence late years ar
 Student-t observations moved no coverage closer to nominal while NUTS mixed worse.
 ``--svi-start`` is ``tensorfact.fit``'s ``svi_start``: ``auto`` takes the Newton start here
 (5,372 location dims; the Laplace start factorises their dense Hessian at every L-BFGS
-evaluation).
+evaluation). ``--refreshes`` is ``tensorfact.fit``'s ``coefficient_refreshes``: ``auto``
+refits the decorrelation coefficients every 500 SVI steps with the Newton start (the start's
+coefficients assume one noise level; the per-series, time-varying noise SVI learns weights the
+cells very unequally), ``0`` keeps the start's.
 
 Calibration diagnostics per method and kind of hidden cell (``diagnostics.txt``): the PIT
 histogram (deciles of the predictive CDF at the held-out value; hump-shaped = intervals too
@@ -160,7 +164,8 @@ def fit_three(data: xr.DataArray, settings: dict[str, Any], seed: int) -> dict[s
     """Decorrelated SVI, plain SVI and NUTS (from the decorrelated SVI fit) on ``data``."""
     fits: dict[str, Any] = {}
     spec = model_spec(data, settings)
-    common = {"seed": seed, "progress_bar": False, "svi_start": settings["svi_start"]}
+    common = {"seed": seed, "progress_bar": False, "svi_start": settings["svi_start"],
+              "coefficient_refreshes": settings["refreshes"]}
     fits["svi_decorrelated"] = tensorfact.fit(data, spec, num_steps=settings["steps"], **common)
     _report("svi_decorrelated", fits["svi_decorrelated"])
     fits["svi_plain"] = tensorfact.fit(data, spec, decorrelate=False,
@@ -263,6 +268,15 @@ def plot_disease_effects(fits: dict[str, Any], data: xr.DataArray, path: Path) -
 
 
 # -- main --------------------------------------------------------------------------------------
+def _refreshes(text: str) -> int | str:
+    """``--refreshes``: ``auto`` or a count >= 0."""
+    if text == "auto":
+        return text
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected auto or a count >= 0, got {text!r}")
+    return int(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="output folder")
@@ -272,6 +286,9 @@ def main() -> None:
     parser.add_argument("--svi-start", choices=("auto", "laplace", "newton"), default="auto",
                         help="tensorfact.fit's svi_start (auto: newton at this size; laplace "
                         "factorises the dense Hessian of ~5,400 location dims per evaluation)")
+    parser.add_argument("--refreshes", type=_refreshes, default="auto",
+                        help="tensorfact.fit's coefficient_refreshes: auto (one per 500 steps "
+                        "with the Newton start) or a count (0: keep the start's coefficients)")
     parser.add_argument("--noise", choices=("shared", "per-series"), default="per-series",
                         help="sigma per (disease, state) (default) or one shared sigma (as "
                         "tensorfact.default_spec)")
@@ -304,7 +321,7 @@ def main() -> None:
             settings[name] = getattr(args, name)
     settings.update(noise=args.noise, family=args.family.replace("-", "_"), df=args.df,
                     noise_time_by=None if args.noise_time_by == "none" else args.noise_time_by,
-                    svi_start=args.svi_start)
+                    svi_start=args.svi_start, refreshes=args.refreshes)
     if args.df is not None and args.family != "student-t":
         parser.error("--df needs --family student-t")
     args.out.mkdir(parents=True, exist_ok=True)

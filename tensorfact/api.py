@@ -28,13 +28,18 @@ from tensorfact.checks import (
 from tensorfact.data import TensorData, as_tensor_data, check_time_coordinate
 from tensorfact.results import Fit, check_finite_draws, posterior_dataset, svi_posterior
 from tensorfact.spec import MIN_TIME_STEPS, ModelSpec, Temporal, default_spec
+from tensorfact.start import (
+    SVI_STARTS,
+    SviStart,
+    check_refreshes,
+    model_cache_key,
+    refresh_steps,
+    resolve_svi_start,
+)
 
 Method = Literal["svi", "nuts", "exact"]
 METHODS = ("svi", "nuts", "exact")
 GUIDES = ("normal", "lowrank")
-SviStart = Literal["auto", "laplace", "newton"]
-SVI_STARTS = ("auto", "laplace", "newton")
-LAPLACE_MAX_DIM = 2500  # svi_start="auto": Laplace start up to this many location dims
 
 
 def fit(
@@ -58,6 +63,7 @@ def fit(
     svi_steps_for_nuts: int = 2000,
     from_fit: Fit | None = None,
     svi_start: SviStart = "auto",
+    coefficient_refreshes: int | Literal["auto"] = "auto",
     progress_bar: bool = False,
 ) -> Fit:
     """Fits the additive model ``y[i,j,t] ~ Normal(sum_e effect_e, sigma)`` to 3-way data.
@@ -109,6 +115,13 @@ def fit(
             factorisation); SVI then trains the scales. ``"auto"`` (default): ``"laplace"``
             up to :data:`LAPLACE_MAX_DIM` (2,500) location dims, ``"newton"`` above. The choice
             made is ``fit.info["svi_start"]``.
+        coefficient_refreshes: how many times SVI refits the decorrelation coefficients at
+            the guide's current median, at evenly spaced steps (the optimiser restarts from
+            the refitted guide each time; each refit costs one Hessian of the location
+            effects). ``"auto"`` (default): one per 500 steps with the Newton start, whose
+            hyperparameters start far from where SVI takes them, none with the Laplace
+            start. A fit without decorrelation has nothing to refit. The steps used are
+            ``fit.info["svi_refreshes"]``.
         progress_bar: show progress bars.
 
     Returns:
@@ -126,7 +139,8 @@ def fit(
         method=method, seed=check_seed(seed), num_steps=num_steps, learning_rate=learning_rate,
         optimizer=optimizer, guide=guide, stop_at_plateau=stop_at_plateau, num_draws=num_draws,
         num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
-        svi_steps_for_nuts=svi_steps_for_nuts, svi_start=svi_start, progress_bar=progress_bar,
+        svi_steps_for_nuts=svi_steps_for_nuts, svi_start=svi_start,
+        coefficient_refreshes=coefficient_refreshes, progress_bar=progress_bar,
     )
     request.check()
     tensor, spec, switched = check_inputs(data, spec, dims=dims, time=time,
@@ -152,12 +166,14 @@ class _Request:
     num_chains: int
     svi_steps_for_nuts: int
     svi_start: str
+    coefficient_refreshes: int | str
     progress_bar: bool
 
     def check(self) -> None:
         check_choice("method", self.method, METHODS)
         check_choice("guide", self.guide, GUIDES)
         check_choice("svi_start", self.svi_start, SVI_STARTS)
+        check_refreshes(self.coefficient_refreshes)
         for name in ("num_steps", "num_draws", "num_samples", "num_chains",
                      "svi_steps_for_nuts"):
             check_positive_int(name, getattr(self, name))
@@ -238,6 +254,8 @@ def _run(
                 point=model.initial_point(tensor.filled, tensor.mask),
                 analysis=surrogate.decorrelated(switched) if surrogate is not model else None,
                 laplace=start == "laplace", rng_key=key, num_steps=steps,
+                refresh_at=refresh_steps(request.coefficient_refreshes, start, steps)
+                if model.decorrelation_config(switched) else (),  # plain: nothing to refit
                 learning_rate=request.learning_rate,
                 optimizer=request.optimizer, guide=request.guide,
                 stopping=Plateau() if request.stop_at_plateau else None,
@@ -250,7 +268,7 @@ def _run(
                         "custom_optimizer": request.optimizer is not None}
     info: dict[str, Any] = {
         "svi_steps": len(svi.run.losses), "svi_stopped": svi.run.stopped,
-        "svi_seconds": svi.run.seconds,
+        "svi_seconds": svi.run.seconds, "svi_refreshes": [int(s) for s in svi.refreshes],
     }
     if previous is None:
         info["svi_start"] = start
@@ -296,26 +314,6 @@ def _run(
         _svi=svi,
         _settings=settings,
     )
-
-
-def resolve_svi_start(svi_start: str, model: TensorModel) -> str:
-    """``"laplace"`` or ``"newton"``: ``svi_start`` itself, or for ``"auto"`` the Laplace start
-    when the model has at most :data:`LAPLACE_MAX_DIM` location dims (their dense Hessian is
-    factorised at every L-BFGS evaluation of the Laplace start)."""
-    if svi_start != "auto":
-        return svi_start
-    dims = sum(int(np.prod(model.shape_of(site.dims))) for site in model.location_sites)
-    return "laplace" if dims <= LAPLACE_MAX_DIM else "newton"
-
-
-def model_cache_key(
-    spec: ModelSpec, sizes: Mapping[str, int], switched: Mapping[str, bool]
-) -> tuple:
-    """What determines the decorrelated model's computation apart from its array arguments
-    (data, mask, coefficients): the specification, the dim sizes and the decorrelation
-    switches. Fits with equal keys share compiled SVI steps within a process."""
-    return ("TensorModel", spec, tuple((d, int(n)) for d, n in sizes.items()),
-            tuple(sorted(switched.items())))
 
 
 def _nan_hint(request: _Request) -> str:

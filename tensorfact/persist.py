@@ -349,10 +349,10 @@ def restore_svi_fit(fit: Fit, optimizer: Any = None, resumable: bool = True) -> 
     import jax.numpy as jnp
     import optax
 
-    from tensorfact.api import model_cache_key
     from tensorfact.build import TensorModel
     from tensorfact.infer import restore_svi
     from tensorfact.infer.decorrelated import default_optimizer, svi_cache_key
+    from tensorfact.start import model_cache_key
 
     if not fit._saved or not fit._saved.get("leaves"):
         raise ValueError("This fit has no saved SVI state to restore.")

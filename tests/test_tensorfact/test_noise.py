@@ -19,9 +19,9 @@ import reparam
 import tensorfact
 import tensorfact.predictive
 from tensorfact import GrandMean, ModelSpec, Noise, Shrinkage, Temporal
-from tensorfact.api import LAPLACE_MAX_DIM, resolve_svi_start
 from tensorfact.build import TensorModel, fisher_scale
 from tensorfact.persist import spec_from_dict, spec_to_dict
+from tensorfact.start import LAPLACE_MAX_DIM, resolve_svi_start
 
 DIMS = ("i", "j", "t")
 SIZES = {"i": 4, "j": 3, "t": 6}
