@@ -3,8 +3,8 @@
 The same 8 x 5 x 12 DataArray (string coords, 10% missing cells, seed 3) as the API tests: fit
 with ``tensorfact.fit`` (defaults) with and without decorrelation and compare, per effect, to
 the truth and to the exact reference (Gaussian conditional posterior mixed over the scale
-hyperparameters by importance sampling, ``tensorfact.reference``). Writes ``DIR/results.json``,
-``DIR/table.txt`` and ``DIR/elbo.png``::
+hyperparameters by importance sampling, ``tensorfact.testing.reference``). Writes
+``DIR/results.json``, ``DIR/table.txt`` and ``DIR/elbo.png``::
 
     python experiments/api_small.py --out results/api_small
 """
@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 import tensorfact
-from tensorfact.build import TensorModel
-from tensorfact.reference import importance_reference
+from tensorfact.model.tensor import TensorModel
+from tensorfact.testing.reference import importance_reference
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import format_table, write_json  # noqa: E402

@@ -8,7 +8,7 @@ new SVI randomness) this compares, against the exact posterior:
 * ``reparam.decorrelate(model, {"a": ["mu"]})`` with a mean-field guide, trained by
   tensorfact's workflow (Gaussian start, coefficient at the exact conditional regression),
 * the same decorrelation with the coefficient learned by SGD from 0 (8 particles), the
-  approach the design notes found unreliable with one particle.
+  approach ``docs/design.md`` found unreliable with one particle.
 
 Writes ``results.json``, ``elbo_b1.png`` and ``table.txt`` to ``--out``.
 
@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import format_table, plot_losses, steps_to_plateau, write_json  # noqa: E402
 
 import reparam  # noqa: E402
-from tensorfact.infer import fit_svi  # noqa: E402
+from reparam.infer import fit_svi  # noqa: E402
 
 NUM_OBS, NOISE = 100, 0.1
 

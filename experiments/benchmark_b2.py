@@ -11,8 +11,8 @@ seed 0); priors of the default specification. Compared in one process:
 * plain (centred) NUTS and NUTS on the decorrelated model with the SVI coefficients frozen.
 
 Reference: the exact conditional Gaussian with the 7 scales integrated by importance sampling
-around their Laplace approximation (``tensorfact.reference``), cross-checked by a long NUTS run
-on the decorrelated model. Also reports the chosen family's ceiling (and the unrotated
+around their Laplace approximation (``tensorfact.testing.reference``), cross-checked by a long
+NUTS run on the decorrelated model. Also reports the chosen family's ceiling (and the unrotated
 family's) at the scales' mode, and ms per SVI step against the plain model.
 
     python experiments/benchmark_b2.py --out results/b2 [--quick]
@@ -43,13 +43,13 @@ from common import (  # noqa: E402
 )
 
 import reparam  # noqa: E402
-from tensorfact.build import TensorModel  # noqa: E402
-from tensorfact.exact import GaussianOracle  # noqa: E402
-from tensorfact.infer import CoefficientModel, fit_nuts, fit_svi, run_nuts  # noqa: E402
-from tensorfact.infer.decorrelated import default_optimizer  # noqa: E402
-from tensorfact.reference import importance_reference  # noqa: E402
+from reparam.infer import CoefficientModel, fit_nuts, fit_svi, run_nuts  # noqa: E402
+from reparam.infer.workflow import default_optimizer  # noqa: E402
+from tensorfact.model.tensor import TensorModel  # noqa: E402
 from tensorfact.simulate import B2_SIZES, simulate_additive  # noqa: E402
 from tensorfact.spec import default_spec  # noqa: E402
+from tensorfact.testing.dense import GaussianOracle  # noqa: E402
+from tensorfact.testing.reference import importance_reference  # noqa: E402
 
 
 def load_problem(seed: int = 0):

@@ -41,9 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark_b2 import load_problem, reference  # noqa: E402
 from common import format_table, sd_ratio_table, write_json  # noqa: E402
 
+from reparam.infer import fit_nuts, fit_svi, run_nuts  # noqa: E402
 from tensorfact.collapsed import collapsed_nuts  # noqa: E402
-from tensorfact.infer import fit_nuts, fit_svi, run_nuts  # noqa: E402
-from tensorfact.infer.exact import hyper_start  # noqa: E402
 
 HYPER_SITES = ["s_a", "s_b", "s_C", "s_z", "s_A", "s_B", "sigma"]
 COLUMNS = ["method", "seconds", "min_bulk_ess", "ess_per_second", "max_rhat", "divergences",
@@ -168,10 +167,7 @@ def run(out: Path, quick: bool, reference_cache: Path | None, algebra: str = "au
 
 def hyper_start_arrays(model, y, mask):
     """Data-scaled hyperparameter start (as ``tensorfact.fit(method="exact")`` uses)."""
-    from tensorfact.data import as_tensor_data
-
-    values = np.where(mask, y, np.nan)
-    return hyper_start(model, as_tensor_data(values, dims=model.spec.dims))
+    return model.initial_hyperparameters(y, mask)
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Ceiling of decorrelation families on B2: the best mean-field fit each family can reach.
 
 With the scales fixed at their true values the posterior of the location effects is Gaussian
-(``tensorfact.exact``). For each family and each fraction of missing cells this computes,
+(``tensorfact.testing.dense``). For each family and each fraction of missing cells this computes,
 deterministically (``reparam.ceiling``), the KL of the best mean-field Gaussian in the family's
 coordinates at the projected exact conditional (and after ``--steps`` L-BFGS iterations), and
 the implied marginal sds against the exact ones: minimum ratio and fraction of elements within
@@ -11,7 +11,7 @@ the implied marginal sds against the exact ones: minimum ratio and fraction of e
   dense lower-triangular coupling along time (tensorfact's default);
 * band 3: the same with couplings along time limited to lags <= 3;
 * no time coupling: rotations and shifts, but no coupling along time;
-* unrotated: the same parents without rotations or time coupling (the design notes' naive
+* unrotated: the same parents without rotations or time coupling (``docs/design.md``'s naive
   family).
 
     python experiments/ceiling_b2.py --out results/ceiling [--quick] [--steps N]
@@ -31,10 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import format_table, write_json  # noqa: E402
 
 import reparam  # noqa: E402
-from tensorfact.build import TensorModel  # noqa: E402
-from tensorfact.exact import GaussianOracle  # noqa: E402
+from tensorfact.model.tensor import TensorModel  # noqa: E402
 from tensorfact.simulate import B2_SIZES, B2_TRUTH, simulate_additive  # noqa: E402
 from tensorfact.spec import default_spec  # noqa: E402
+from tensorfact.testing.dense import GaussianOracle  # noqa: E402
 
 
 def families(model: TensorModel) -> dict[str, reparam.DecorrelateMessenger]:

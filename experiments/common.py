@@ -1,4 +1,4 @@
-"""Metrics, timing and plotting shared by the benchmark scripts (design notes section 5)."""
+"""Metrics, timing and plotting shared by the benchmark scripts (``docs/design.md`` section 5)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ For the default model (B2 priors and truth, 10% of cells missing) it times one e
 ``log p(y_obs | h)`` plus its gradient in the 7 scales (float64, compiled, compile time
 reported separately, the minimum over repeats):
 
-* ``dense``: ``tensorfact.exact.GaussianOracle.log_marginal`` (dense design and Cholesky,
+* ``dense``: ``tensorfact.testing.dense.GaussianOracle.log_marginal`` (dense design and Cholesky,
   ``O(N dim^2 + dim^3)`` with ``dim = 1 + I + J + I J + T (1 + I + J)``), only as far as it fits;
 * ``structured``: ``tensorfact.collapsed.CollapsedGaussian.log_marginal`` (block elimination of
   the static effects plus a block-tridiagonal Cholesky along time, ``O(T (p^3 + p^2 S + p S^2)
@@ -41,11 +41,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import format_table, write_json  # noqa: E402
 
-from tensorfact.build import TensorModel  # noqa: E402
 from tensorfact.collapsed import CollapsedGaussian, KroneckerGaussian  # noqa: E402
-from tensorfact.exact import GaussianOracle  # noqa: E402
+from tensorfact.model.tensor import TensorModel  # noqa: E402
 from tensorfact.simulate import B2_TRUTH, simulate_additive  # noqa: E402
 from tensorfact.spec import default_spec  # noqa: E402
+from tensorfact.testing.dense import GaussianOracle  # noqa: E402
 
 COLUMNS = ["I", "J", "T", "cells", "path", "seconds", "compile_s", "setup_s",
            "abs_diff_vs_dense"]

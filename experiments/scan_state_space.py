@@ -20,7 +20,7 @@ mean and precision of the path given the parameters and the data, recomputed in 
 every evaluation, so ``u | theta, y ~ N(0, I)`` exactly for this linear-Gaussian body). Each
 variant is also fitted with ``reparam.decorrelate`` on the parameters (``beta_raw`` shifted by
 ``phi``, ``q`` by both, ``r`` by all three; coefficients trained by SVI), and the Gaussian
-conditional once more through the project's path (``tensorfact.infer.decorrelated.fit_svi``:
+conditional once more through the project's path (``reparam.infer.workflow.fit_svi``:
 Laplace mode of the parameters, coefficients at the exact local conditional, guide at the local
 optimum, then mean-field SVI). Reported per variant: NUTS leapfrog steps per iteration, min bulk
 ESS per second (ArviZ; phi, beta, q, r and every x_t, wall time including compilation and
@@ -68,9 +68,9 @@ from common import format_table, write_json  # noqa: E402
 from state_space_reference import PARAMS, exact_reference, filter_check  # noqa: E402
 
 import reparam  # noqa: E402
-from tensorfact.infer.decorrelated import fit_svi  # noqa: E402
-from tensorfact.infer.nuts import run_nuts  # noqa: E402
-from tensorfact.infer.svi import run_svi  # noqa: E402
+from reparam.infer.nuts import run_nuts  # noqa: E402
+from reparam.infer.svi import run_svi  # noqa: E402
+from reparam.infer.workflow import fit_svi  # noqa: E402
 
 TRUTH = {"phi": 0.5, "beta": 0.9, "q": 0.5, "r": 0.3}
 CONDITIONAL = {"x": "conditional"}

@@ -23,7 +23,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
-from tensorfact.infer.nuts import NUTSRun, run_nuts
+from reparam.infer.nuts import NUTSRun, run_nuts
 
 PARAMS = ("phi", "beta", "q", "r")
 

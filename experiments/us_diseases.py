@@ -66,7 +66,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import format_table, write_json  # noqa: E402
 
 import tensorfact  # noqa: E402
-import tensorfact.predictive  # noqa: E402
+import tensorfact.results.predictive  # noqa: E402
 from tensorfact.datasets import us_contagious_diseases  # noqa: E402
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -188,7 +188,7 @@ def calibration(
     squared error per kind of hidden cell; standardized residuals of the training cells."""
     loc = fit.linear_predictor().values
     loc = loc.reshape(-1, *loc.shape[2:])
-    sigma = tensorfact.predictive.noise_scale(fit).values
+    sigma = tensorfact.results.predictive.noise_scale(fit).values
     sigma = sigma.reshape(-1, *sigma.shape[2:])
     noise = fit.spec.noise
     inflate = 1.0

@@ -5,23 +5,29 @@ shifted by coefficients times functions of earlier ("parent") sites, optionally 
 orthonormal rotations, which removes the posterior ridges that make mean-field SVI too narrow
 and NUTS slow, without touching the model code. The log density is unchanged (unit Jacobian).
 
-Low-level pieces: :mod:`reparam.family` (the map), :mod:`reparam.gaussian` (exact local
-coefficients), :mod:`reparam.laplace` (starting hyperparameters), :mod:`reparam.ceiling` (the
-best a family can reach), :mod:`reparam.training` (SVI initialisation and step sizes).
+Layout (``docs/design.md`` has the maths):
 
-``reparam.scan_reparam(model, {"x": "learnable"})`` applies reparameterizations to sites inside
-``numpyro.contrib.control_flow.scan`` bodies (:mod:`reparam.scan`).
+* :mod:`reparam.handler` (the ``decorrelate`` handler), :mod:`reparam.family` (the map),
+  :mod:`reparam.decenter` (partial non-centring), :mod:`reparam.rotations`,
+  :mod:`reparam.sites` (site layouts), :mod:`reparam.names` (every name reparam creates);
+* :mod:`reparam.local`: local Gaussian analysis, exact coefficients, Laplace start, ceiling;
+* :mod:`reparam.start` (SVI initialisation) and :mod:`reparam.optim` (relative steps);
+* :mod:`reparam.scan`: ``reparam.scan_reparam(model, {"x": "learnable"})`` reparameterizes
+  sites inside ``numpyro.contrib.control_flow.scan`` bodies;
+* :mod:`reparam.infer`: model-agnostic engines (compiled SVI, NUTS, the decorrelated
+  SVI -> NUTS workflow), imported on demand (``from reparam.infer import fit_svi``).
 """
 
-from reparam.ceiling import Ceiling, ceiling
 from reparam.family import ChildFamily, ParentCoupling, Structure
-from reparam.gaussian import LocalGaussian, gaussian_coefficients, optimal_factor
-from reparam.handler import AUX_SUFFIX, Affine, DecorrelateMessenger, decorrelate, freeze
-from reparam.laplace import LaplaceMode, laplace_mode
-from reparam.layout import SiteLayout
-from reparam.plan import LinearPlan, linear_plan
+from reparam.handler import Affine, DecorrelateMessenger, decorrelate, freeze
+from reparam.local.analysis import LocalGaussian, gaussian_coefficients, optimal_factor
+from reparam.local.ceiling import Ceiling, ceiling
+from reparam.local.laplace import LaplaceMode, laplace_mode
+from reparam.local.plan import LinearPlan, linear_plan
+from reparam.names import AUX_SUFFIX
+from reparam.optim import relative_steps
 from reparam.rotations import Helmert, get_rotation
-from reparam.scan import (
+from reparam.scan.handler import (
     Centered,
     GaussianConditional,
     LearnableCentering,
@@ -30,7 +36,8 @@ from reparam.scan import (
     StepAffine,
     scan_reparam,
 )
-from reparam.training import GuideInit, Initialization, initialize, relative_steps
+from reparam.sites import SiteLayout
+from reparam.start import GuideInit, Initialization, initialize
 
 __all__ = [
     "AUX_SUFFIX",

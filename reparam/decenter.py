@@ -27,8 +27,6 @@ import jax.numpy as jnp
 import numpyro.distributions as dist
 from jax import Array
 
-DECENTER_KEYS = ("centering", "scale_ref", "decenter_at")
-
 
 def prior_scale(fn: Any) -> Array | None:
     """The scalar ``scale`` of a (possibly expanded/independent) distribution, or ``None``.

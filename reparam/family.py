@@ -21,8 +21,8 @@ recovered as
     it (a dense ``T x T`` block when ``band`` is ``None``), and a full set of weights when only
     the parent has it.
 
-With ``W = 0`` this is the shift ``u = x~ + sum_k S_k(x~_{p_k})`` of the design notes. Given the
-parents, ``u_c -> x~_c`` is unit lower triangular, so ``|det| = 1`` and the model's joint
+With ``W = 0`` this is the shift ``u = x~ + sum_k S_k(x~_{p_k})`` of ``docs/design.md`` section 2.
+Given the parents, ``u_c -> x~_c`` is unit lower triangular, so ``|det| = 1`` and the model's joint
 density is unchanged (an exact reparameterization). Sampling direction (``u -> x~``) costs one
 batched matmul; the inverse is a unit-triangular solve, needed only to draw from the prior.
 """
@@ -39,8 +39,8 @@ from jax import Array
 from jax.scipy.linalg import solve_triangular
 
 from reparam import decenter
-from reparam.layout import SiteLayout
 from reparam.rotations import get_rotation
+from reparam.sites import SiteLayout
 
 
 @dataclass(frozen=True)

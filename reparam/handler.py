@@ -11,6 +11,12 @@ original site becomes deterministic with its value in model coordinates, so ``Pr
 posterior samples and downstream code see the same names as the plain model. Parents are read
 by name from the values already sampled in the same trace. Coefficients are
 ``numpyro.param`` sites named ``f"{x}_shift_{parent}"`` and ``f"{x}_within"``.
+
+Refused at the first trace, as ``ValueError`` s naming the fix: a child inside a
+``numpyro.contrib.control_flow.scan`` body (the handler never sees it sampled: use
+:func:`reparam.scan_reparam`), a child or parent sampled inside a JAX loop the model runs itself
+(``jax.lax.scan`` repeats one draw), and ``rotate`` / ``sequence`` axes or ``dims`` sites that
+the model does not have (they would be ignored).
 """
 
 from __future__ import annotations
@@ -26,6 +32,14 @@ from numpyro.distributions import biject_to, constraints
 from numpyro.primitives import Messenger
 
 from reparam import decenter
+from reparam.control_flow import (
+    check_same_trace,
+    is_scan_message,
+    lax_loop_error,
+    scan_call,
+    trace_state,
+    traced_names,
+)
 from reparam.decenter import prior_scale
 from reparam.family import (
     ChildFamily,
@@ -35,10 +49,12 @@ from reparam.family import (
     model_to_aux,
     rotate_site,
 )
-from reparam.layout import SiteLayout, site_layout, unconstrain
+from reparam.names import AUX_SUFFIX, child_param
 from reparam.rotations import get_rotation
+from reparam.scan.strategies import probe_body
+from reparam.sites import SiteLayout, axis_names, check_axes_exist, site_layout, unconstrain
 
-AUX_SUFFIX = "_decorrelated"
+_NAME = "reparam.decorrelate"
 
 
 @dataclass(frozen=True)
@@ -113,7 +129,7 @@ class DecorrelateMessenger(Messenger):
         band: largest lag coupled along ``sequence`` (``None``: all lags).
         dims: site name -> one axis name per axis of the site's value (overrides plate names).
         involve: further sites to include in the local Gaussian analysis
-            (:mod:`reparam.gaussian`: Newton step, guide initialisation) although they are
+            (:mod:`reparam.local.analysis`: Newton step, guide initialisation) although they are
             sampled unchanged.
     """
 
@@ -143,6 +159,9 @@ class DecorrelateMessenger(Messenger):
         self._layouts: dict[str, SiteLayout] = {}
         self._rotated: dict[str, Array] = {}
         self._values: dict[str, Array] = {}
+        self._axes: set[str] = set()
+        self._inner: set[str] = set()
+        self._trace = None
         self.coefficient_names: set[str] = set()
         super().__init__(fn)
 
@@ -170,28 +189,46 @@ class DecorrelateMessenger(Messenger):
         if isinstance(self.config, Mapping):
             unknown = [n for n in self.config if n not in site_names]
             if unknown:
+                traced = traced_names(site_names)
+                hint = (
+                    f" The sites {traced} were named from a traced value (e.g. f\"x_{{i}}\" "
+                    "inside a scan body): give a scan body site one fixed name."
+                    if traced
+                    else ""
+                )
                 raise ValueError(
                     f"decorrelate config names sites {unknown} that the model does not "
-                    f"sample; the model's sample sites are {list(site_names)}."
+                    f"sample; the model's sample sites are {list(site_names)}.{hint}"
                 )
 
-    # -- effect handling --------------------------------------------------------------------
-    def __enter__(self):
-        self._layouts, self._rotated, self._values = {}, {}, {}
-        return super().__enter__()
+    def check_axes(self, site_names: Sequence[str]) -> None:
+        """Refuses ``dims`` entries for sites the model never sampled, and ``rotate`` or
+        ``sequence`` axes that no site has (they would be silently ignored).
 
-    def process_message(self, msg: dict) -> None:
-        if msg["type"] != "sample":
-            return
-        affine = self.affine_for(msg["name"])
-        if affine is None:
-            return
-        name = msg["name"]
+        Raises:
+            ValueError: naming the unknown sites or axis and those that exist.
+        """
+        unknown = sorted(set(self.dims) - set(site_names))
+        if unknown:
+            raise ValueError(
+                f"decorrelate dims= names sites {unknown} that the model does not sample; "
+                f"the model's sites are {sorted(site_names)}."
+            )
+        requested = [("rotate", axis) for axis in self.structure.rotate]
+        if self.structure.sequence is not None:
+            requested.append(("sequence", self.structure.sequence))
+        check_axes_exist(requested, self._axes, "decorrelate")
+
+    def _check_child(self, name: str, affine: Affine, msg: dict) -> None:
+        check_same_trace(self._trace, name, _NAME)
         if msg["is_observed"]:
             raise ValueError(
                 f"Site {name!r} is observed; decorrelation applies to latent sites only. "
                 "Remove it from the decorrelate config."
             )
+        inner = [p for p in affine.parents if p in self._inner]
+        if inner:
+            raise lax_loop_error(inner[0], _NAME)
         missing = [p for p in affine.parents if p not in self._layouts]
         if missing:
             raise ValueError(
@@ -199,13 +236,54 @@ class DecorrelateMessenger(Messenger):
                 "parent must be a site sampled earlier in the same model run; reorder the "
                 "config or the model."
             )
-        child = site_layout(msg, self.dims)
+
+    def _check_scan_body(self, msg: dict) -> None:
+        """Refuses configured children inside a ``numpyro.contrib.control_flow.scan`` body:
+        the handler never sees them sampled (the body runs under ``handlers.block`` and its
+        sites are replayed afterwards), so they would be re-drawn from their prior."""
+        if isinstance(self.config, Mapping) and all(n in self._layouts for n in self.config):
+            return  # every child already sampled: none can be in this body
+        call = scan_call(msg)
+        sites = probe_body(call.f, call.init, call.first_input).sites
+        inside = sorted(n for n in sites if self.affine_for(n) is not None)
+        if inside:
+            raise ValueError(
+                f"decorrelate config names {inside}, sampled inside a "
+                "numpyro.contrib.control_flow.scan body: decorrelate does not reach sites in a "
+                "scan body (NumPyro runs the body under handlers.block and replays its sites "
+                "afterwards), so they would be re-drawn from their prior. Remove them from the "
+                "decorrelate config and use reparam.scan_reparam(model, "
+                f"{{{inside[0]!r}: reparam.StepAffine(parents)}}) (or NonCentered, "
+                "LearnableCentering, GaussianConditional) for sites inside the body."
+            )
+
+    def _layout(self, msg: dict) -> SiteLayout:
+        self._axes.update(axis_names(msg, self.dims))
+        return site_layout(msg, self.dims)
+
+    # -- effect handling --------------------------------------------------------------------
+    def __enter__(self):
+        self._layouts, self._rotated, self._values = {}, {}, {}
+        self._axes, self._inner, self._trace = set(), set(), trace_state()
+        return super().__enter__()
+
+    def process_message(self, msg: dict) -> None:
+        if is_scan_message(msg):
+            self._check_scan_body(msg)
+        if msg["type"] != "sample":
+            return
+        affine = self.affine_for(msg["name"])
+        if affine is None:
+            return
+        name = msg["name"]
+        self._check_child(name, affine, msg)
+        child = self._layout(msg)
         fn = msg["fn"]
         family = self.family(child, [self._layouts[p] for p in affine.parents], affine, fn)
         params = {}
         for key, init in family.param_inits().items():
-            self.coefficient_names.add(f"{name}_{key}")
-            params[key] = numpyro.param(f"{name}_{key}", init)
+            self.coefficient_names.add(child_param(name, key))
+            params[key] = numpyro.param(child_param(name, key), init)
         parents_rot = {p: self._rotated_value(p) for p in affine.parents}
         base = fn
         if not child.real_support:
@@ -237,7 +315,10 @@ class DecorrelateMessenger(Messenger):
         name = msg["name"]
         if name in self._values:  # a decorrelated child, recorded when it was sampled
             return
-        self._layouts[name] = site_layout(msg, self.dims)
+        if self._trace is not None and trace_state() != self._trace:
+            self._inner.add(name)  # inside a JAX loop of the model: refused if a parent
+            return
+        self._layouts[name] = self._layout(msg)
         fn = msg.get("fn")
         self._values[name] = msg["value"] if fn is None else unconstrain(msg["value"], fn.support)
 
@@ -246,6 +327,7 @@ class DecorrelateMessenger(Messenger):
         result = super().__exit__(exc_type, exc_value, traceback)
         if exc_type is None:
             self.check_config(sorted(seen))
+            self.check_axes(sorted(seen))
         return result
 
     def _rotated_value(self, name: str) -> Array:

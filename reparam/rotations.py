@@ -20,6 +20,7 @@ from typing import Protocol
 
 import jax.numpy as jnp
 import numpy as np
+import scipy.linalg
 from jax import Array
 
 
@@ -38,14 +39,9 @@ DENSE_BELOW = 128
 
 @lru_cache(maxsize=64)
 def helmert_matrix(n: int) -> np.ndarray:
-    """The ``n x n`` orthonormal Helmert matrix (row 0 constant, rows k >= 1 contrasts)."""
-    h = np.zeros((n, n))
-    h[0] = 1.0 / np.sqrt(n)
-    for k in range(1, n):
-        h[k, :k] = 1.0
-        h[k, k] = -k
-        h[k] /= np.sqrt(k * (k + 1))
-    return h
+    """The ``n x n`` orthonormal Helmert matrix (row 0 constant, rows k >= 1 contrasts):
+    ``scipy.linalg.helmert(n, full=True)``, cached."""
+    return scipy.linalg.helmert(n, full=True)
 
 
 def _apply_matrix(matrix: np.ndarray, x: Array, axis: int) -> Array:

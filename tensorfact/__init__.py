@@ -11,14 +11,12 @@ Typical use::
     fit.save("fit.nc"); fit = tensorfact.load("fit.nc").resume(1000)
 """
 
-from tensorfact.api import check_inputs, fit
-from tensorfact.build import TensorModel
+from reparam.infer.svi import NonFiniteLoss
+from tensorfact.api import check_inputs, fit, load
 from tensorfact.data import TensorData, as_tensor_data
-from tensorfact.exact import GaussianOracle, GaussianPosterior
-from tensorfact.infer.svi import NonFiniteLoss
-from tensorfact.persist import load
+from tensorfact.model.tensor import TensorModel
 from tensorfact.plot import plot_effect, plot_elbo
-from tensorfact.results import Fit
+from tensorfact.results.fit import Fit
 from tensorfact.simulate import simulate_additive
 from tensorfact.spec import (
     GrandMean,
@@ -32,8 +30,6 @@ from tensorfact.spec import (
 
 __all__ = [
     "Fit",
-    "GaussianOracle",
-    "GaussianPosterior",
     "GrandMean",
     "ModelSpec",
     "Noise",

@@ -9,62 +9,43 @@ the fix, and the user's data are never modified.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from time import perf_counter
 from typing import Any, Literal
 
 import numpy as np
 import optax
 
-from tensorfact.build import DecorrelateToggle, TensorModel
-from tensorfact.checks import (
-    check_choice,
-    check_flag,
-    check_optimizer,
-    check_positive_int,
-    check_positive_real,
-    check_seed,
-)
+from tensorfact.checks import check_seed
 from tensorfact.data import TensorData, as_tensor_data, check_time_coordinate
-from tensorfact.results import Fit, check_finite_draws, posterior_dataset, svi_posterior
+from tensorfact.methods.settings import DEFAULTS as D
+from tensorfact.methods.settings import FitSettings, GuideKind, Method, SviStart, as_key, seed_of
+from tensorfact.model.tensor import DecorrelateToggle, TensorModel
+from tensorfact.results.fit import Fit
 from tensorfact.spec import MIN_TIME_STEPS, ModelSpec, Temporal, default_spec
-from tensorfact.start import (
-    SVI_STARTS,
-    SviStart,
-    check_refreshes,
-    model_cache_key,
-    refresh_steps,
-    resolve_svi_start,
-)
-
-Method = Literal["svi", "nuts", "exact"]
-METHODS = ("svi", "nuts", "exact")
-GUIDES = ("normal", "lowrank")
 
 
 def fit(
     data: Any,
     spec: ModelSpec | None = None,
     *,
-    method: Method = "svi",
+    method: Method = D.method,
     decorrelate: DecorrelateToggle = True,
-    seed: int | Any = 0,
+    seed: int | Any = D.seed,
     dims: Sequence[str] | None = None,
     time: str | None = None,
-    num_steps: int = 5000,
-    learning_rate: float = 0.005,
+    num_steps: int = D.num_steps,
+    learning_rate: float = D.learning_rate,
     optimizer: optax.GradientTransformation | None = None,
-    guide: Literal["normal", "lowrank"] = "normal",
-    stop_at_plateau: bool = True,
-    num_draws: int = 1000,
-    num_warmup: int = 500,
-    num_samples: int = 1000,
-    num_chains: int = 4,
-    svi_steps_for_nuts: int = 2000,
+    guide: GuideKind = D.guide,
+    stop_at_plateau: bool = D.stop_at_plateau,
+    num_draws: int = D.num_draws,
+    num_warmup: int = D.num_warmup,
+    num_samples: int = D.num_samples,
+    num_chains: int = D.num_chains,
+    svi_steps_for_nuts: int = D.svi_steps_for_nuts,
     from_fit: Fit | None = None,
-    svi_start: SviStart = "auto",
-    coefficient_refreshes: int | Literal["auto"] = "auto",
-    progress_bar: bool = False,
+    svi_start: SviStart = D.svi_start,
+    coefficient_refreshes: int | Literal["auto"] = D.coefficient_refreshes,
+    progress_bar: bool = D.progress_bar,
 ) -> Fit:
     """Fits the additive model ``y[i,j,t] ~ Normal(sum_e effect_e, sigma)`` to 3-way data.
 
@@ -125,63 +106,28 @@ def fit(
         progress_bar: show progress bars.
 
     Returns:
-        A :class:`~tensorfact.results.Fit` (save it with :meth:`~tensorfact.Fit.save`,
+        A :class:`~tensorfact.results.fit.Fit` (save it with :meth:`~tensorfact.Fit.save`,
         continue SVI with :meth:`~tensorfact.Fit.resume`).
 
     Raises:
         TypeError: an argument of the wrong kind.
         ValueError: an argument with a wrong value (see the rules above).
-        tensorfact.infer.NonFiniteLoss: the SVI loss became NaN or infinite; the exception
+        reparam.infer.NonFiniteLoss: the SVI loss became NaN or infinite; the exception
             reports the step and keeps the last finite parameters.
         FloatingPointError: posterior draws came out non-finite.
     """
-    request = _Request(
+    settings = FitSettings(
         method=method, seed=check_seed(seed), num_steps=num_steps, learning_rate=learning_rate,
         optimizer=optimizer, guide=guide, stop_at_plateau=stop_at_plateau, num_draws=num_draws,
         num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
         svi_steps_for_nuts=svi_steps_for_nuts, svi_start=svi_start,
         coefficient_refreshes=coefficient_refreshes, progress_bar=progress_bar,
     )
-    request.check()
+    settings.check()
     tensor, spec, switched = check_inputs(data, spec, dims=dims, time=time,
                                           decorrelate=decorrelate)
     previous = _check_from_fit(from_fit, tensor, spec, switched)
-    return _run(request, tensor, spec, switched, previous)
-
-
-@dataclass(frozen=True)
-class _Request:
-    """The settings of one :func:`fit` call."""
-
-    method: str
-    seed: Any
-    num_steps: int
-    learning_rate: float
-    optimizer: Any
-    guide: str
-    stop_at_plateau: bool
-    num_draws: int
-    num_warmup: int
-    num_samples: int
-    num_chains: int
-    svi_steps_for_nuts: int
-    svi_start: str
-    coefficient_refreshes: int | str
-    progress_bar: bool
-
-    def check(self) -> None:
-        check_choice("method", self.method, METHODS)
-        check_choice("guide", self.guide, GUIDES)
-        check_choice("svi_start", self.svi_start, SVI_STARTS)
-        check_refreshes(self.coefficient_refreshes)
-        for name in ("num_steps", "num_draws", "num_samples", "num_chains",
-                     "svi_steps_for_nuts"):
-            check_positive_int(name, getattr(self, name))
-        check_positive_int("num_warmup", self.num_warmup, allow_zero=True)
-        check_positive_real("learning_rate", self.learning_rate)
-        check_optimizer(self.optimizer)
-        check_flag("stop_at_plateau", self.stop_at_plateau)
-        check_flag("progress_bar", self.progress_bar)
+    return _run(settings, tensor, spec, switched, previous)
 
 
 def check_inputs(
@@ -214,118 +160,29 @@ def check_inputs(
 
 
 def _run(
-    request: _Request,
+    settings: FitSettings,
     tensor: TensorData,
     spec: ModelSpec,
     switched: dict[str, bool],
     previous: Fit | None,
 ) -> Fit:
-    """Everything after validation: the JAX part of :func:`fit`."""
-    import jax
-    import jax.numpy as jnp
-
-    from tensorfact.infer import NonFiniteLoss, Plateau, fit_nuts, fit_svi
-    from tensorfact.infer.nuts import warn_if_unhealthy
-
-    key = _as_key(request.seed)
-    if request.method == "exact":  # collapsed NUTS, no SVI: tensorfact.infer.exact
-        from tensorfact.infer.exact import fit_exact
+    """Everything after validation: hands over to the method (:mod:`tensorfact.methods`)."""
+    key = as_key(settings.seed)
+    if settings.method == "exact":
+        from tensorfact.methods.exact import fit_exact
 
         return fit_exact(
-            tensor, spec, rng_key=key, seed=int(request.seed) if isinstance(
-                request.seed, (int, np.integer)) else 0, num_warmup=request.num_warmup,
-            num_samples=request.num_samples, num_chains=request.num_chains,
-            progress_bar=request.progress_bar,
+            tensor, spec, rng_key=key, seed=seed_of(settings.seed),
+            num_warmup=settings.num_warmup, num_samples=settings.num_samples,
+            num_chains=settings.num_chains, progress_bar=settings.progress_bar,
         )
-    model = TensorModel(spec, tensor.sizes)
-    decorrelated = model.decorrelated(switched)
-    args = (jnp.asarray(tensor.filled, jnp.float32), jnp.asarray(tensor.mask))
-    started = perf_counter()
-    if previous is not None:
-        svi = previous._svi_fit()
-        svi_settings = dict(previous._settings.get("svi", {}))
-    else:
-        steps = request.num_steps if request.method == "svi" else request.svi_steps_for_nuts
-        start = resolve_svi_start(request.svi_start, model)
-        surrogate = model.gaussian_surrogate()  # the start's Gaussian analysis (Student-t)
-        try:
-            svi = fit_svi(
-                decorrelated, *args,
-                point=model.initial_point(tensor.filled, tensor.mask),
-                analysis=surrogate.decorrelated(switched) if surrogate is not model else None,
-                laplace=start == "laplace", rng_key=key, num_steps=steps,
-                refresh_at=refresh_steps(request.coefficient_refreshes, start, steps)
-                if model.decorrelation_config(switched) else (),  # plain: nothing to refit
-                learning_rate=request.learning_rate,
-                optimizer=request.optimizer, guide=request.guide,
-                stopping=Plateau() if request.stop_at_plateau else None,
-                progress_bar=request.progress_bar,
-                cache_key=model_cache_key(spec, tensor.sizes, switched),
-            )
-        except NonFiniteLoss as err:
-            raise err.with_hint(_nan_hint(request)) from None
-        svi_settings = {"learning_rate": float(request.learning_rate), "guide": request.guide,
-                        "custom_optimizer": request.optimizer is not None}
-    info: dict[str, Any] = {
-        "svi_steps": len(svi.run.losses), "svi_stopped": svi.run.stopped,
-        "svi_seconds": svi.run.seconds, "svi_refreshes": [int(s) for s in svi.refreshes],
-    }
-    if previous is None:
-        info["svi_start"] = start
-    sites = (list(svi.start.point) if svi.start is not None
-             else list(previous._settings["sites"]))  # every latent site, model coordinates
-    effects = [e.name for e in spec.effects if e.name not in sites]  # e.g. scan transitions
-    returned = sites + effects + list(model.noise_deterministics)
-    settings = {"key": [int(k) for k in np.asarray(key)], "num_draws": request.num_draws,
-                "sites": sites, "returned": returned, "svi": svi_settings}
-    if request.method == "svi":
-        posterior = svi_posterior(svi, settings, model, tensor)
-        diagnostics = None
-    else:
-        nuts = fit_nuts(
-            decorrelated, *args, coefficients=svi.coefficients,
-            init_values=svi.guide.median(svi.run.params), rng_key=jax.random.fold_in(key, 2),
-            num_warmup=request.num_warmup, num_samples=request.num_samples,
-            num_chains=request.num_chains, report_sites=sites,
-            progress_bar=request.progress_bar, warn=False,
-            params=svi.run.params,  # e.g. a learnable centring SVI trained (scan effects)
-        )
-        warn_if_unhealthy(  # stacklevel 4: points at the caller of fit()
-            nuts.diagnostics, stacklevel=4,
-            advice="Run longer (raise num_warmup and num_samples), start from a longer SVI "
-            "fit (svi_steps_for_nuts= or from_fit=), or compare with decorrelate=False.",
-        )
-        check_finite_draws(nuts.samples, "NUTS")
-        posterior = posterior_dataset(nuts.samples, model, tensor)
-        diagnostics = nuts.diagnostics
-        info["nuts_seconds"] = diagnostics.seconds
-    info["seconds"] = perf_counter() - started
-    return Fit(
-        method=request.method,
-        spec=spec,
-        data=tensor,
-        posterior=posterior,
-        decorrelate=switched,
-        losses=np.asarray(svi.run.losses),
-        coefficients={k: np.asarray(v) for k, v in svi.coefficients.items()},
-        diagnostics=diagnostics,
-        seed=int(request.seed) if isinstance(request.seed, (int, np.integer)) else 0,
-        info=info,
-        _svi=svi,
-        _settings=settings,
-    )
+    if settings.method == "nuts":
+        from tensorfact.methods.nuts import fit_by_nuts
 
+        return fit_by_nuts(settings, tensor, spec, switched, key, previous)
+    from tensorfact.methods.svi import fit_by_svi
 
-def _nan_hint(request: _Request) -> str:
-    if request.optimizer is not None:
-        change = ("Use a smaller learning rate in the optimizer you passed, or chain it with "
-                  "gradient clipping (optax.chain(optax.clip_by_global_norm(1.0), ...)).")
-    else:
-        change = (f"Pass a smaller learning_rate (now {request.learning_rate:g}), or an "
-                  "optimizer with gradient clipping via optimizer=.")
-    return (change + " Also check the data for extreme values (rescale them so the "
-            "observations are of order 1-100) and try decorrelate=False to rule out the "
-            "decorrelation.")
+    return fit_by_svi(settings, tensor, spec, switched, key)
 
 
 def _resolve_spec(tensor: TensorData, spec: ModelSpec | None, time: str | None) -> ModelSpec:
@@ -362,17 +219,6 @@ def _resolve_spec(tensor: TensorData, spec: ModelSpec | None, time: str | None) 
     return spec
 
 
-def _as_key(seed: Any) -> Any:
-    """A raw ``uint32[2]`` key from a checked seed (typed keys are unwrapped)."""
-    import jax
-
-    if isinstance(seed, (int, np.integer)):
-        return jax.random.PRNGKey(int(seed))
-    if jax.dtypes.issubdtype(seed.dtype, jax.dtypes.prng_key):
-        return jax.random.key_data(seed)
-    return seed
-
-
 def _check_from_fit(
     previous: Any, tensor: TensorData, spec: ModelSpec, switched: Mapping[str, bool]
 ) -> Fit | None:
@@ -400,3 +246,28 @@ def _check_from_fit(
             "data, spec and decorrelate= as for that fit, or drop from_fit."
         )
     return previous
+
+
+def load(path: Any, transitions: Mapping[str, Any] | None = None) -> Fit:
+    """Reads a fit written by :meth:`Fit.save`.
+
+    The loaded fit has the same posterior, losses, coefficients, spec and record, so
+    ``summary()`` and ``predict()`` give identical results; an SVI fit can be resumed
+    (:meth:`Fit.resume`) and used as ``from_fit`` for NUTS.
+
+    Args:
+        path: the file.
+        transitions: effect name -> transition, for temporal effects fitted with a
+            user-written ``transition`` (callables cannot be saved). Without them the
+            posterior, ``summary()`` and ``predict()`` work, but resuming does not.
+
+    Raises:
+        FileNotFoundError: if there is no such file.
+        ValueError: if the file is not a tensorfact fit (or from another format version).
+    """
+    from reparam.infer.nuts import NUTSDiagnostics
+    from tensorfact.methods.svi import resume_fit
+    from tensorfact.results.io import read_fields
+
+    fields = read_fields(path, transitions, {"NUTSDiagnostics": NUTSDiagnostics})
+    return Fit(**fields, _resumer=resume_fit if fields["method"] == "svi" else None)

@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 DEMO_SIZES = {"region": 12, "product": 6, "year": 20}
-SVI_STEPS = 5000  # tensorfact.fit's num_steps default
-NUTS_SVI_STEPS = 2000  # tensorfact.fit's svi_steps_for_nuts default
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -67,6 +65,8 @@ Errors are reported as one line on stderr with exit code 2."""
 
 
 def _parser() -> argparse.ArgumentParser:
+    from tensorfact.methods.settings import DEFAULTS, METHODS  # the defaults of tensorfact.fit
+
     parser = _OneLineParser(
         prog="tensorfact",
         description="Bayesian additive models of 3-way arrays with decorrelating "
@@ -97,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--var", metavar="NAME",
                      help="variable to fit (default: the file's only 3-dim variable)")
     fit.add_argument("--time", metavar="DIM", help="name of the time dim (default: the last dim)")
-    fit.add_argument("--method", choices=("svi", "nuts", "exact"), default="svi",
+    fit.add_argument("--method", choices=METHODS, default=DEFAULTS.method,
                      help="svi: variational, fast (default); nuts: MCMC on the decorrelated "
                      "model, started from a short SVI run; exact: the effects integrated out "
                      "(Gaussian noise only), NUTS over the scales, exact draws of the effects")
@@ -117,15 +117,18 @@ def _parser() -> argparse.ArgumentParser:
                      "no names, for all of them. Put it after DATA.nc")
     fit.add_argument("--steps", type=_positive_int, default=None, metavar="N",
                      help="SVI step limit; SVI stops earlier once the loss and the parameters "
-                     f"have settled (default {SVI_STEPS}; with --method nuts, the steps of the "
-                     f"SVI run that sets the decorrelation and starts NUTS, default "
-                     f"{NUTS_SVI_STEPS})")
-    fit.add_argument("--samples", type=_positive_int, default=1000, metavar="N",
-                     help="NUTS: draws per chain after warmup (default 1000)")
-    fit.add_argument("--warmup", type=_non_negative_int, default=500, metavar="N",
-                     help="NUTS: warmup iterations per chain (default 500)")
-    fit.add_argument("--chains", type=_positive_int, default=4, metavar="N",
-                     help="NUTS: number of chains, run one after another (default 4)")
+                     f"have settled (default {DEFAULTS.num_steps}; with --method nuts, the steps "
+                     f"of the SVI run that sets the decorrelation and starts NUTS, default "
+                     f"{DEFAULTS.svi_steps_for_nuts})")
+    fit.add_argument("--samples", type=_positive_int, default=DEFAULTS.num_samples,
+                     metavar="N", help="NUTS: draws per chain after warmup (default "
+                     f"{DEFAULTS.num_samples})")
+    fit.add_argument("--warmup", type=_non_negative_int, default=DEFAULTS.num_warmup,
+                     metavar="N", help="NUTS: warmup iterations per chain (default "
+                     f"{DEFAULTS.num_warmup})")
+    fit.add_argument("--chains", type=_positive_int, default=DEFAULTS.num_chains,
+                     metavar="N", help="NUTS: number of chains, run one after another "
+                     f"(default {DEFAULTS.num_chains})")
     fit.add_argument("--seed", type=_non_negative_int, default=0, metavar="S",
                      help="random seed; the same seed gives the same result (default 0)")
     fit.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -283,10 +286,9 @@ def run_fit(args: argparse.Namespace) -> None:
         decorrelate = False
     else:
         decorrelate = dict.fromkeys(args.no_decorrelate, False)
-    if args.method == "nuts":
-        steps = {"svi_steps_for_nuts": args.steps or NUTS_SVI_STEPS}
-    else:
-        steps = {"num_steps": args.steps or SVI_STEPS}
+    steps = {}  # fit's defaults unless --steps
+    if args.steps is not None:
+        steps = {"svi_steps_for_nuts" if args.method == "nuts" else "num_steps": args.steps}
     noise = tensorfact.Noise(per_series=args.noise == "per-series",
                              family=args.family.replace("-", "_"), df=args.df,
                              time_by=args.noise_time_by)

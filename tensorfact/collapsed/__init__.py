@@ -10,19 +10,21 @@ the temporal state), so their cost grows linearly in the number of time steps.
 * :class:`CollapsedGaussian`: log marginal likelihood, conditional moments, exact draws.
 * :class:`KroneckerGaussian`: the same for complete data with shared noise, diagonalised
   along the series dims (cost independent of their sizes).
+* :class:`StructuredGaussian`: the interface both implement (what the sampler needs).
 * :func:`collapsed_nuts`: the sampler; :class:`CollapsedNUTSRun` its result.
 """
 
-from tensorfact.collapsed.gaussian import CollapsedGaussian, ConditionalMoments
+from tensorfact.collapsed.kalman import CollapsedGaussian, ConditionalMoments
 from tensorfact.collapsed.kronecker import KroneckerData, KroneckerGaussian
-from tensorfact.collapsed.layout import SeriesData, SeriesLayout
-from tensorfact.collapsed.nuts import (
+from tensorfact.collapsed.sampler import (
     CollapsedNUTSRun,
     collapsed_gaussian,
     collapsed_model,
     collapsed_nuts,
     draw_locations,
 )
+from tensorfact.collapsed.series import SeriesData, SeriesLayout
+from tensorfact.collapsed.structured import StructuredGaussian
 
 __all__ = [
     "CollapsedGaussian",
@@ -32,6 +34,7 @@ __all__ = [
     "KroneckerGaussian",
     "SeriesData",
     "SeriesLayout",
+    "StructuredGaussian",
     "collapsed_gaussian",
     "collapsed_model",
     "collapsed_nuts",

@@ -25,7 +25,7 @@ per evaluation, independent of ``I`` and ``J``:
 Exact conditional draws use Matheron's rule: draw ``(theta', y')`` from the prior, then
 ``theta = theta' + Cov(theta, y) Cov(y)^{-1} (y - y')``, with ``Cov(y)^{-1}`` applied class by
 class. The cost per evaluation is ``O(T^3)`` (dense in ``T``); for long series or missing cells
-use the Kalman-structured :class:`~tensorfact.collapsed.gaussian.CollapsedGaussian`.
+use the Kalman-structured :class:`~tensorfact.collapsed.kalman.CollapsedGaussian`.
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ import numpy as np
 from jax import Array
 from jax.scipy.linalg import cho_solve, solve_triangular
 
-from tensorfact.build import TensorModel
-from tensorfact.collapsed.layout import DynamicBlock, SeriesLayout
-from tensorfact.collapsed.prior import _dynamic_blocks
+from tensorfact.collapsed.precision import _dynamic_blocks
+from tensorfact.collapsed.series import DynamicBlock, SeriesLayout
+from tensorfact.model.tensor import TensorModel
 from tensorfact.spec import Effect, GrandMean, Shrinkage, Temporal
 
 
@@ -98,7 +98,7 @@ class KroneckerGaussian:
     """Exact collapsed Gaussian of a tensor model with complete data, diagonalised along the
     series dims (see the module docstring for the equations).
 
-    Same interface as :class:`~tensorfact.collapsed.gaussian.CollapsedGaussian` for what the
+    Same interface as :class:`~tensorfact.collapsed.kalman.CollapsedGaussian` for what the
     collapsed sampler needs: :meth:`log_marginal`, :meth:`sample`, ``data``, ``model``.
 
     Args:
@@ -148,7 +148,7 @@ class KroneckerGaussian:
         """Prior covariance ``(T w, T w)`` of one row's state (level and, for a trend, slope),
         ordered ``t * w + component``. Closed form for a random walk (``s^2 (min(t, u) + 1)``)
         and an iid-over-time effect (``s^2 I``); otherwise the inverse of the row's prior
-        precision (:mod:`tensorfact.collapsed.prior`)."""
+        precision (:mod:`tensorfact.collapsed.precision`)."""
         effect, num_steps = block.effect, self.data.y.shape[-1]
         if isinstance(effect, Temporal) and effect.kind == "random_walk":
             steps = np.arange(num_steps)

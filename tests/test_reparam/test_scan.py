@@ -1,4 +1,4 @@
-"""Reparameterizations inside ``scan`` bodies (:mod:`reparam.scan`).
+"""Reparameterizations inside ``scan`` bodies (:mod:`reparam.scan.handler`).
 
 The central check is exactness: for every variant, the reparameterized model's density in its
 new coordinates ``u`` is the pushforward of the plain model's, ``log q(u) = log p(x(u)) +
@@ -20,7 +20,7 @@ from numpyro.infer.autoguide import AutoNormal
 from numpyro.infer.util import potential_energy, unconstrain_fn
 
 import reparam
-from reparam.scan import GaussianConditional, LearnableCentering, NonCentered, StepAffine
+from reparam.scan.handler import GaussianConditional, LearnableCentering, NonCentered, StepAffine
 
 T, N = 5, 3
 GLOBALS = ("mu", "phi", "q")
@@ -160,7 +160,14 @@ def test_draws_differ_across_steps_and_predictive(variant):
     new = {k: v for k, v in prior.items() if k in GLOBALS or k.endswith(SUFFIXES)}
     if variant == "centered":
         new.update({k: prior[k] for k in LOCAL})
-    post = Predictive(reparameterized, posterior_samples=new)(jax.random.PRNGKey(1), None)
+    options = {}
+    if variant == "conditional":  # x's map conditions on y: without y, x must be given
+        with pytest.raises(ValueError, match="condition_deterministic=True"):
+            Predictive(reparameterized, posterior_samples=new)(jax.random.PRNGKey(1), None)
+        new["x"], options = prior["x"], {"condition_deterministic": True}
+    post = Predictive(reparameterized, posterior_samples=new, **options)(
+        jax.random.PRNGKey(1), None
+    )
     if variant != "centered":  # x is recomputed from the new coordinates (else it is given)
         np.testing.assert_allclose(post["x"], prior["x"], rtol=1e-5, atol=1e-6)
     assert post["y"].shape == (4, T, N)

@@ -17,9 +17,8 @@ import numpy as np
 import xarray as xr
 
 import tensorfact
+from reparam.infer.programs import PROGRAMS
 from tensorfact import GrandMean, ModelSpec, Shrinkage, Temporal
-from tensorfact.infer import decorrelated as decorrelated_module
-from tensorfact.infer import svi as svi_module
 from tests.test_tensorfact.conftest import COORDS, SIZES
 
 SETTINGS = {"seed": 0, "stop_at_plateau": False, "num_draws": 40}
@@ -53,8 +52,7 @@ def svi_fit(num_steps: int, replica: int = 0, numpy: bool = False):
     kwargs = {"dims": tuple(SIZES)} if numpy else {}
     with contextlib.ExitStack() as stack:
         if replica:
-            stack.enter_context(mock.patch.dict(svi_module._RUNNERS, clear=True))
-            stack.enter_context(mock.patch.dict(decorrelated_module._DRAWS, clear=True))
+            stack.enter_context(mock.patch.dict(PROGRAMS._programs, clear=True))
         fit = tensorfact.fit(given, spec(), num_steps=num_steps, **SETTINGS, **kwargs)
     return fit, given, snapshot
 

@@ -6,8 +6,8 @@ import xarray as xr
 from numpyro import handlers
 
 import tensorfact
-from tensorfact.build import TensorModel
-from tensorfact.reference import importance_reference
+from tensorfact.model.tensor import TensorModel
+from tensorfact.testing.reference import importance_reference
 
 EFFECTS = ("mu", "a", "b", "z", "A", "B", "C")
 

@@ -9,7 +9,7 @@ import numpyro
 import numpyro.distributions as dist
 import pytest
 
-from tensorfact.collapsed.chains import run_chains
+from reparam.infer.chains import run_chains
 
 
 def _model(y):
@@ -43,3 +43,22 @@ def test_unknown_chain_method_is_refused():
     with pytest.raises(ValueError, match="chain_method must be one of"):
         run_chains(_model, jnp.zeros(3), rng_key=jax.random.PRNGKey(0), num_warmup=1,
                    num_samples=1, num_chains=1, chain_method="parallel")
+
+
+@pytest.mark.parametrize("chain_method", ["sequential", "vectorized"])
+def test_progress_bar_is_display_only(chain_method, capfd):
+    """With the bar the chains report to tqdm (on stderr, counting every chain's iterations
+    when they run one after the other, one chain's when vectorized); without it nothing is
+    printed; and the draws are bitwise the same either way (the same compiled run)."""
+    y = jnp.asarray(np.random.default_rng(1).normal(0.4, 0.5, size=10))
+    settings = dict(rng_key=jax.random.PRNGKey(3), num_warmup=30, num_samples=20,
+                    num_chains=2, chain_method=chain_method)
+    capfd.readouterr()
+    shown, _ = run_chains(_model, y, progress_bar=True, **settings)
+    bar = capfd.readouterr().err
+    hidden, _ = run_chains(_model, y, progress_bar=False, **settings)
+    assert capfd.readouterr().err == ""
+    total = 100 if chain_method == "sequential" else 50
+    assert f"{total}/{total}" in bar and "warmup" in bar and "sample" in bar
+    for name in ("m", "s", "twice_m"):
+        assert np.array_equal(shown[name], hidden[name]), name

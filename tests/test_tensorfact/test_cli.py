@@ -20,8 +20,9 @@ import pytest
 import xarray as xr
 
 import tensorfact
+from reparam.names import shift_param
 from tensorfact import cli
-from tensorfact.results import posterior_dataset
+from tensorfact.results.labels import posterior_dataset
 
 PNG = b"\x89PNG"
 REAL_FIT = tensorfact.fit
@@ -31,7 +32,12 @@ TEMPORAL_PLOTS = ("effect_z.png", "effect_A.png", "effect_B.png")
 def stand_in_fit(data: Any, spec: Any = None, *args: Any, **kwargs: Any) -> tensorfact.Fit:
     """Replaces :func:`tensorfact.fit` without training: binds the call to the real signature
     (so a misspelt keyword fails), runs the real input checks, and returns a fit of ``data``
-    whose draws scatter around the model's data-scaled starting point (no JAX)."""
+    whose draws scatter around the model's data-scaled starting point (no JAX).
+
+    What the fit records follows the method as a real fit does: ``"svi"`` and ``"nuts"`` train
+    SVI (a loss trace, ``info["svi_steps"]``, coefficients named like the real ones for the
+    children actually decorrelated); ``"exact"`` runs no SVI (no loss trace, every switch off,
+    no coefficients, the structured algebra in ``info``)."""
     call = inspect.signature(REAL_FIT).bind(data, spec, *args, **kwargs)
     call.apply_defaults()
     options = call.arguments
@@ -47,13 +53,23 @@ def stand_in_fit(data: Any, spec: Any = None, *args: Any, **kwargs: Any) -> tens
         value = np.asarray(value, np.float64)
         noise = rng.standard_normal((1, 50, *value.shape))
         draws[name] = value + 0.1 * noise if name in locations else value * np.exp(0.1 * noise)
+    posterior = posterior_dataset(draws, spec, tensor)
+    if options["method"] == "exact":  # collapsed NUTS: no SVI, nothing decorrelated
+        algebra = "kronecker" if bool(np.all(tensor.mask)) else "kalman"
+        return tensorfact.Fit(
+            method="exact", spec=spec, data=tensor, posterior=posterior,
+            decorrelate=dict.fromkeys(spec.effect_names, False), losses=None,
+            coefficients={}, seed=0, info={"seconds": 0.0, "algebra": algebra},
+        )
     steps = 300
     losses = 1e3 / np.arange(1, steps + 1) + rng.normal(0, 1, steps)
-    plain = not any(switched.values())
+    config = model.decorrelation_config(switched)
+    coefficients = {shift_param(child, parent): np.zeros(())
+                    for child, parents in config.items() for parent in parents}
     return tensorfact.Fit(
-        method=options["method"], spec=spec, data=tensor,
-        posterior=posterior_dataset(draws, model, tensor), decorrelate=switched,
-        losses=losses + (20.0 if plain else 0.0), seed=0,
+        method=options["method"], spec=spec, data=tensor, posterior=posterior,
+        decorrelate=switched, losses=losses + (0.0 if config else 20.0),
+        coefficients=coefficients, seed=0,
         info={"svi_steps": steps, "svi_stopped": "max_steps", "seconds": 0.0},
     )
 
@@ -136,7 +152,7 @@ def test_fit_command_passes_options(data_file, tmp_path, monkeypatch, capsys):
 
     assert cli.main(["fit", str(data_file), "--no-decorrelate", "--out", str(tmp_path)]) == 0
     assert seen["decorrelate"] is False and seen["method"] == "svi"
-    assert seen["num_steps"] == cli.SVI_STEPS and seen["progress_bar"] is True
+    assert "num_steps" not in seen and seen["progress_bar"] is True  # fit's own default
     effects = ("mu", "a", "b", "z", "A", "B", "C")
     assert tensorfact.load(tmp_path / "fit.nc").decorrelate == dict.fromkeys(effects, False)
 
@@ -144,7 +160,7 @@ def test_fit_command_passes_options(data_file, tmp_path, monkeypatch, capsys):
 def test_fit_command_noise_and_exact_options(data_file, tmp_path, monkeypatch, capsys):
     """``--noise``, ``--family``, ``--df`` and ``--noise-time-by`` build the default spec with
     that noise; without them ``tensorfact.fit`` gets no spec (its default); ``--method exact``
-    reaches it."""
+    reaches it and, without an SVI loss trace, writes everything but ``elbo.png``."""
     seen: dict[str, Any] = {}
 
     def fake_fit(data, spec=None, **kwargs):
@@ -162,15 +178,21 @@ def test_fit_command_noise_and_exact_options(data_file, tmp_path, monkeypatch, c
     default = tensorfact.default_spec(("region", "product", "year"))
     assert seen["spec"].effects == default.effects
     assert tensorfact.load(tmp_path / "t" / "fit.nc").spec.noise == expected
+    capsys.readouterr()
     assert cli.main(["fit", str(data_file), "--method", "exact", "--quiet", "--out",
                      str(tmp_path / "e")]) == 0
     assert seen["spec"] is None and seen["method"] == "exact"
+    # an exact fit trains no SVI: no ELBO plot, the rest as for the other methods
+    assert "elbo.png" not in capsys.readouterr().out
+    assert not (tmp_path / "e" / "elbo.png").exists()
+    for name in ("fit.nc", "posterior.nc", "summary.csv", *TEMPORAL_PLOTS):
+        assert (tmp_path / "e" / name).exists(), name
 
 
 def test_cli_defaults_are_the_api_defaults():
     defaults = inspect.signature(REAL_FIT).parameters
-    assert cli.SVI_STEPS == defaults["num_steps"].default
-    assert cli.NUTS_SVI_STEPS == defaults["svi_steps_for_nuts"].default
+    help_text = cli._parser()._subparsers._group_actions[0].choices["fit"].format_help()
+    assert f"default {defaults['num_steps'].default};" in " ".join(help_text.split())
     args = cli._parser().parse_args(["fit", "x.nc", "--out", "o"])
     for option, parameter in (("samples", "num_samples"), ("warmup", "num_warmup"),
                               ("chains", "num_chains"), ("seed", "seed")):

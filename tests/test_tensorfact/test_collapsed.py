@@ -19,10 +19,8 @@ import pytest
 from numpyro import handlers
 
 import tensorfact
-from tensorfact.build import TensorModel
 from tensorfact.collapsed import CollapsedGaussian
-from tensorfact.exact import GaussianOracle
-from tensorfact.reference import importance_reference
+from tensorfact.model.tensor import TensorModel
 from tensorfact.simulate import simulate_additive
 from tensorfact.spec import (
     GrandMean,
@@ -32,6 +30,8 @@ from tensorfact.spec import (
     Temporal,
     default_spec,
 )
+from tensorfact.testing.dense import GaussianOracle
+from tensorfact.testing.reference import importance_reference
 
 HYPER = {
     "s_a": 0.7, "s_b": 1.3, "s_C": 0.9, "s_z": 0.3, "s_A": 0.25, "s_B": 0.15, "sigma": 0.2,
@@ -253,7 +253,7 @@ def test_exact_fit_matches_dense_reference(exact_fit):
 
 
 def test_exact_refuses_scan_transitions():
-    from tensorfact.infer.exact import check_exact_spec
+    from tensorfact.methods.exact import check_exact_spec
 
     spec = ModelSpec(dims=("i", "j", "t"), time="t",
                      effects=(Temporal("z", transition=lambda name, rows: None),))

@@ -15,9 +15,9 @@ import optax
 import pytest
 
 import tensorfact
-from tensorfact.infer import NonFiniteLoss, NUTSDiagnostics, run_svi
-from tensorfact.infer.nuts import warn_if_unhealthy
-from tensorfact.results import check_finite_draws
+from reparam.infer import NonFiniteLoss, NUTSDiagnostics, run_svi
+from reparam.infer.nuts import warn_if_unhealthy
+from tensorfact.results.labels import check_finite_draws
 from tests.test_tensorfact import shared_fits
 from tests.test_tensorfact.test_validation import _unchanged
 

@@ -17,11 +17,11 @@ from scipy import integrate, stats
 
 import reparam
 import tensorfact
-import tensorfact.predictive
+import tensorfact.results.predictive
 from tensorfact import GrandMean, ModelSpec, Noise, Shrinkage, Temporal
-from tensorfact.build import TensorModel, fisher_scale
-from tensorfact.persist import spec_from_dict, spec_to_dict
-from tensorfact.start import LAPLACE_MAX_DIM, resolve_svi_start
+from tensorfact.methods.settings import LAPLACE_MAX_DIM, resolve_svi_start
+from tensorfact.model.tensor import TensorModel, fisher_scale
+from tensorfact.results.io import spec_from_dict, spec_to_dict
 
 DIMS = ("i", "j", "t")
 SIZES = {"i": 4, "j": 3, "t": 6}
@@ -244,19 +244,53 @@ def test_fit_student_t_small_model_laplace_and_newton_starts():
         np.testing.assert_allclose(draws["log_sigma_time"].mean(-1), 0.0, atol=1e-5)
 
 
-def test_svi_start_is_checked_and_auto_switches_by_size():
-    with pytest.raises(ValueError, match="svi_start"):
+def _location_dims(sizes: dict[str, int]) -> int:
+    """Location dims of the default spec over ``(i, j, t)``, counted by hand:
+    ``mu + a[i] + b[j] + z[t] + A[i,t] + B[j,t] + C[i,j]``."""
+    i, j, t = sizes.values()
+    return 1 + i + j + t + i * t + j * t + i * j
+
+
+def test_svi_start_auto_follows_the_number_of_location_dims(monkeypatch):
+    """``svi_start="auto"`` takes the Laplace start up to ``LAPLACE_MAX_DIM`` location dims
+    and the Newton start above, and ``fit`` hands that choice to the trainer (``laplace=``,
+    captured here instead of training); an explicit choice wins whatever the size; an unknown
+    one is refused naming the choices. The limit is the one ``tensorfact.fit`` documents."""
+    with pytest.raises(ValueError, match=r"Unknown svi_start 'dense'; use one of 'auto', "
+                                         r"'laplace', 'newton'"):
         tensorfact.fit(np.zeros((4, 3, 6)), dims=DIMS, svi_start="dense")
-    small = TensorModel(tensorfact.default_spec(DIMS), SIZES)
-    b4 = TensorModel(tensorfact.default_spec(("disease", "state", "year")),
-                     {"disease": 7, "state": 51, "year": 84})
-    assert resolve_svi_start("auto", small) == "laplace"
-    assert resolve_svi_start("auto", b4) == "newton"  # 5,372 location dims
-    assert resolve_svi_start("laplace", b4) == "laplace"
-    sizes = {"i": 20, "j": 10, "t": 30}  # B2: 1,161 location dims
-    assert resolve_svi_start("auto", TensorModel(tensorfact.default_spec(DIMS), sizes)) \
-        == "laplace"
-    assert LAPLACE_MAX_DIM == 2500
+    spec = tensorfact.default_spec(DIMS)
+    small = TensorModel(spec, SIZES)
+    dims = _location_dims(SIZES)  # 68
+    assert sum(int(np.prod(small.shape_of(site.dims))) for site in small.location_sites) == dims
+    passed: list[bool] = []
+
+    class Trained(Exception):
+        pass
+
+    def trainer(*args, laplace, **kwargs):
+        passed.append(laplace)
+        raise Trained
+
+    monkeypatch.setattr("tensorfact.methods.svi.fit_svi", trainer)
+    data = np.random.default_rng(0).normal(size=tuple(SIZES.values()))
+    for limit, expected in ((dims, "laplace"), (dims - 1, "newton")):
+        monkeypatch.setattr("tensorfact.methods.settings.LAPLACE_MAX_DIM", limit)
+        assert resolve_svi_start("auto", small) == expected
+        for choice in ("auto", "laplace", "newton"):
+            with pytest.raises(Trained):
+                tensorfact.fit(data, dims=DIMS, svi_start=choice)
+            assert passed.pop() == ((expected if choice == "auto" else choice) == "laplace")
+    monkeypatch.undo()
+    b4 = {"disease": 7, "state": 51, "year": 84}
+    b2 = {"i": 20, "j": 10, "t": 30}
+    assert (_location_dims(b4), _location_dims(b2)) == (5372, 1161)
+    b4_model = TensorModel(tensorfact.default_spec(tuple(b4)), b4)
+    assert resolve_svi_start("auto", b4_model) == "newton"
+    assert resolve_svi_start("laplace", b4_model) == "laplace"
+    assert resolve_svi_start("auto", TensorModel(spec, b2)) == "laplace"
+    assert f"up to :data:`LAPLACE_MAX_DIM` ({LAPLACE_MAX_DIM:,})" in " ".join(
+        tensorfact.fit.__doc__.split())
 
 
 def test_dataclass_replace_keeps_validation():
@@ -273,7 +307,6 @@ def synthetic_fit(noise: Noise, draws: int = 400, seed: int = 0) -> tensorfact.F
 
     rng = np.random.default_rng(seed)
     spec = small_spec(noise)
-    model = TensorModel(spec, SIZES)
     values = {"mu": rng.normal(size=(1, draws)), "a": rng.normal(size=(1, draws, 4)),
               "z": rng.normal(size=(1, draws, 6)), "sigma": rng.uniform(0.2, 1, (1, draws))}
     if noise.per_series:
@@ -284,7 +317,7 @@ def synthetic_fit(noise: Noise, draws: int = 400, seed: int = 0) -> tensorfact.F
         values["df"] = rng.uniform(2, 8, (1, draws))
     data = as_tensor_data(np.zeros((4, 3, 6)), dims=DIMS)
     return Fit(method="svi", spec=spec, data=data, decorrelate={},
-               posterior=posterior_dataset(values, model, data))
+               posterior=posterior_dataset(values, spec, data))
 
 
 @pytest.mark.parametrize("by", ["i", "j"])
@@ -292,7 +325,7 @@ def test_noise_scale_is_series_scale_times_the_time_factor(by):
     fit = synthetic_fit(Noise(per_series=True, time_by=by))
     post = fit.posterior
     assert post["log_sigma_time"].dims == ("chain", "draw", by, "t")
-    scale = tensorfact.predictive.noise_scale(fit)
+    scale = tensorfact.results.predictive.noise_scale(fit)
     assert scale.dims == ("chain", "draw", "i", "j", "t")
     series = post["sigma_series"].values[:, :, :, :, None]
     time = np.exp(post["log_sigma_time"].values)
@@ -310,7 +343,7 @@ def test_predictive_residuals_follow_the_noise_family(noise):
     draws = fit.predictive_draws(np.random.default_rng(1))
     loc = fit.linear_predictor()
     assert draws.dims == loc.dims
-    residual = ((draws - loc) / tensorfact.predictive.noise_scale(fit)).values
+    residual = ((draws - loc) / tensorfact.results.predictive.noise_scale(fit)).values
     if noise.family == "normal":
         ppf = stats.norm.ppf
     elif noise.df is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -11,7 +12,7 @@ import xarray as xr
 
 import tensorfact
 from tensorfact import GrandMean, ModelSpec, Noise, Shrinkage, Temporal
-from tensorfact.persist import spec_from_dict, spec_to_dict
+from tensorfact.results.io import spec_from_dict, spec_to_dict
 from tests.test_tensorfact import shared_fits
 from tests.test_tensorfact.test_validation import _unchanged
 
@@ -98,7 +99,9 @@ def test_loaded_fit_of_a_custom_optimizer_asks_for_it(tmp_path):
     part = shared_fits.svi_fit(100, numpy=True)[0]
     part.save(tmp_path / "part.nc")
     loaded = tensorfact.load(tmp_path / "part.nc")
-    loaded._settings["svi"]["custom_optimizer"] = True  # as written for fit(optimizer=...)
+    record = loaded._record  # as written for fit(optimizer=...):
+    loaded = replace(loaded, _record=replace(record, svi=replace(record.svi,
+                                                                   custom_optimizer=True)))
     with pytest.raises(ValueError, match=r"custom optimizer.*resume\(num_steps, optimizer="):
         loaded.resume(10)
     with pytest.raises(ValueError, match="only for fits loaded from a file"):

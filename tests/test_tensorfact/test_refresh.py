@@ -15,8 +15,8 @@ import pytest
 import reparam
 import tensorfact
 from tensorfact import GrandMean, ModelSpec, Noise, Shrinkage, Temporal
-from tensorfact.build import TensorModel
-from tensorfact.start import refresh_steps
+from tensorfact.methods.settings import refresh_steps
+from tensorfact.model.tensor import TensorModel
 
 DIMS = ("i", "j", "t")
 SPEC = ModelSpec(dims=DIMS, time="t", noise=Noise(per_series=True),

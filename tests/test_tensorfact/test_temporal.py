@@ -1,4 +1,4 @@
-"""Temporal effects as scan transitions (:mod:`tensorfact.temporal`)."""
+"""Temporal effects as scan transitions (:mod:`tensorfact.model.temporal`)."""
 
 import jax
 import jax.numpy as jnp
@@ -13,9 +13,9 @@ from numpyro.infer.util import log_density, potential_energy, unconstrain_fn
 
 import reparam
 import tensorfact
-from tensorfact import temporal
-from tensorfact.build import TensorModel
-from tensorfact.infer.nuts import run_nuts
+from reparam.infer.nuts import run_nuts
+from tensorfact.model import temporal
+from tensorfact.model.tensor import TensorModel
 from tensorfact.spec import GrandMean, ModelSpec, Temporal
 
 DIMS = ("i", "j", "t")

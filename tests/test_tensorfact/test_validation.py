@@ -8,9 +8,10 @@ Print the table of cases with their actual messages::
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from unittest import mock
@@ -21,8 +22,9 @@ import pytest
 import xarray as xr
 
 import tensorfact
+import tensorfact.results.io
 from tensorfact import GrandMean, ModelSpec, Noise, Shrinkage, Temporal
-from tensorfact.results import Fit
+from tensorfact.results.fit import Fit
 
 DIMS = ("region", "product", "year")
 
@@ -315,9 +317,41 @@ def test_malformed_input_fails_early_with_a_clear_message(case):
     assert re.search(case.match, str(error)), str(error)
 
 
-def test_table_has_at_least_25_rows():
-    assert len(CASES) >= 25
-    assert len({c.problem for c in CASES}) == len(CASES)
+@contextlib.contextmanager
+def _jax_events() -> Iterator[list[str]]:
+    """Collects the JAX monitoring events (tracing, lowering, compiling) while active."""
+    from jax import monitoring
+
+    events: list[str] = []
+
+    def listen(event: str, *args: Any, **kwargs: Any) -> None:
+        events.append(event)
+
+    monitoring.register_event_listener(listen)
+    monitoring.register_event_duration_secs_listener(listen)
+    try:
+        yield events
+    finally:
+        monitoring.unregister_event_listener(listen)
+        monitoring.unregister_event_duration_listener(listen)
+
+
+def test_malformed_input_fails_before_any_jax_work():
+    """The real ``tensorfact.fit`` (no tripwire): each of the 25+ distinct malformed calls
+    raises its error while JAX traces and compiles nothing, i.e. before any JAX work (the
+    parametrized test above only shows the error comes before ``tensorfact.api._run``). The
+    listener is shown to see JAX work by a fresh jitted function."""
+    import jax
+
+    assert len({c.problem for c in CASES}) == len(CASES) >= 25
+    with _jax_events() as events:
+        jax.jit(lambda x: x * 3.0 + 1.0)(2.0)
+    assert any(e.startswith("/jax/core/compile") for e in events), events
+    for case in CASES:
+        data = case.make()
+        with _jax_events() as events, pytest.raises(case.error, match=case.match):
+            case.call(data)
+        assert not [e for e in events if e.startswith("/jax/")], (case.problem, events)
 
 
 def test_valid_input_reaches_the_jax_part_unchanged():
@@ -360,7 +394,7 @@ def test_resume_and_save_arguments_are_checked():
     with pytest.raises(ValueError, match="Only SVI fits can be resumed"):
         fit.resume(10)
     with pytest.raises(TypeError, match="save expects a tensorfact Fit"):
-        tensorfact.persist.save("not a fit", "x.nc")
+        tensorfact.results.io.save("not a fit", "x.nc")
     with pytest.raises(FileNotFoundError, match="No fit file"):
         tensorfact.load("/nonexistent/fit.nc")
 
@@ -383,15 +417,33 @@ def markdown_table(rows: list[tuple[str, str, str]] | None = None) -> str:
     return "\n".join(lines)
 
 
-def test_the_closing_table_is_the_cases_as_raised():
-    """The table ``experiments/validation_table.py`` writes: one row per case, each with the
-    type and message the case asserts."""
-    rows = table_rows()
-    table = markdown_table(rows).splitlines()
-    assert len(table) == 2 + len(CASES) >= 27
-    for case, (problem, kind, message), line in zip(CASES, rows, table[2:], strict=True):
-        assert problem == case.problem and kind == case.error.__name__
-        assert re.search(case.match, message) and line.startswith(f"| {CASES.index(case) + 1} |")
+def test_the_closing_table_script_writes_the_cases_as_raised(tmp_path, capsys):
+    """``experiments/validation_table.py`` writes one Markdown row and one JSON record per
+    case, in order, each with the case's exception type and a message its pattern matches;
+    the Markdown cells (``|`` escaped) give back the JSON messages, and the printed table is
+    the file's."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "experiments" / "validation_table.py"
+    loader = importlib.util.spec_from_file_location("validation_table", path)
+    script = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(script)
+    script.main(["--out", str(tmp_path)])
+    printed = capsys.readouterr()
+    records = json.loads((tmp_path / "validation_table.json").read_text())
+    markdown = (tmp_path / "validation_table.md").read_text()
+    assert printed.out == markdown and f"{len(CASES)} malformed inputs" in printed.err
+    lines = markdown.rstrip("\n").splitlines()
+    assert lines[:2] == ["| # | malformed input | exception | message |", "|---|---|---|---|"]
+    assert len(records) == len(lines) - 2 == len(CASES)
+    for k, (case, record, line) in enumerate(zip(CASES, records, lines[2:], strict=True), 1):
+        assert record["input"] == case.problem and record["exception"] == case.error.__name__
+        assert re.search(case.match, record["message"]), record
+        cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+        assert cells == [str(k), case.problem, case.error.__name__,
+                         record["message"].replace("\n", " ")], line
 
 
 if __name__ == "__main__":

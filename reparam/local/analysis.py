@@ -1,0 +1,330 @@
+"""Local Gaussian analysis of a decorrelated model and its optimal coefficients.
+
+Around a point, the posterior of the involved sites is approximately Gaussian with precision
+``P`` (the Hessian of the potential in rotated, unconstrained coordinates ``z``; exact for a
+Gaussian likelihood with the other sites fixed). The family of :mod:`reparam.family` maps the
+auxiliary ``u`` to ``z = F(theta) u``, unit lower triangular: each child is
+``z_c = (I + W_c) u_c - S_c(z_parents)``.
+
+With every coefficient free, a mean-field Gaussian over ``u`` is exact: write
+``P = N^T D^{-1} N`` (LDL in reversed order, ``N`` unit lower triangular, ``u = N z``); row
+block ``c`` of ``N`` holds the conditional regression of ``z_c`` on earlier sites after
+marginalising later ones, ``P_cc^{-1} P_c,<c``, so the exact per-child map is
+``I + W_c = N_cc^{-1}`` and ``S_c = N_cc^{-1} N_c,<c``. Its least-squares projection onto the
+family's free coefficients is the principled initialisation returned by
+:func:`gaussian_coefficients` and :meth:`LocalGaussian.coefficients`. The best mean-field sds
+for ``u`` are then ``diag(F^T P F)^{-1/2}`` (:meth:`LocalGaussian.aux_point`).
+
+All linear algebra runs in float64 (inside ``jax.enable_x64``) because posterior ridges make
+``P`` too ill-conditioned for float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.linalg
+from jax import Array
+from numpyro import handlers
+from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
+
+from reparam.decenter import prior_scale
+from reparam.handler import DecorrelateMessenger
+from reparam.local.plan import LinearPlan, linear_plan
+
+
+class LocalGaussian:
+    """The local Gaussian view of a decorrelated model, compiled once and reused.
+
+    For a point (values of all latent sites in model coordinates) it computes the precision of
+    the involved sites, the exact conditional coefficients projected onto the family, and the
+    matching mean-field guide in auxiliary coordinates. Compiled programs are cached on the
+    instance, so refreshing the coefficients during training costs one Hessian evaluation.
+
+    Args:
+        model: a model returned by :func:`reparam.decorrelate`.
+        point: a point fixing the sites' shapes (values are not used beyond that).
+        *args, **kwargs: the model's arguments (held fixed).
+    """
+
+    def __init__(
+        self, model: DecorrelateMessenger, point: Mapping[str, Any], *args: Any, **kwargs: Any
+    ) -> None:
+        self.model = model
+        self.plan = linear_plan(model, point, *args, **kwargs)
+        self.args, self.kwargs = args, kwargs
+        self._jitted: dict[str, Callable] = {}
+
+    def _compiled(self, name: str, build: Callable[[], Callable]) -> Callable:
+        if name not in self._jitted:
+            self._jitted[name] = jax.jit(build())
+        return self._jitted[name]
+
+    def unconstrained(self, point: Mapping[str, Array]) -> dict[str, Array]:
+        return unconstrain_fn(self.model.fn, self.args, self.kwargs, dict(point))
+
+    def expansion(self, point: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Second-order expansion of the potential at ``point`` in rotated coordinates.
+
+        Returns ``(z, gradient, precision)`` over the involved sites (float64); sites not
+        involved in the decorrelation are held at their values in ``point``.
+        """
+        plan, model, args, kwargs = self.plan, self.model, self.args, self.kwargs
+
+        def build():
+            def expand(point):
+                unconstrained = self.unconstrained(point)
+                z0 = plan.rotate(plan.join({s.name: unconstrained[s.name] for s in plan.sites}))
+
+                def potential(z_flat):
+                    values = plan.split(plan.rotate(z_flat, inverse=True))
+                    return potential_energy(model.fn, args, kwargs, {**unconstrained, **values})
+
+                return z0, jax.grad(potential)(z0), jax.hessian(potential)(z0)
+
+            return expand
+
+        with jax.enable_x64(True):
+            z, gradient, precision = self._compiled("expansion", build)(as_float64(point))
+            return np.asarray(z), np.asarray(gradient), np.asarray(precision)
+
+    def precision(self, point: Mapping[str, Any]) -> np.ndarray:
+        """Hessian of the potential in rotated unconstrained coordinates (float64)."""
+        return self.expansion(point)[2]
+
+    def newton(self, point: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """One Newton step of the involved sites towards the local Gaussian mean.
+
+        Returns the updated point (model coordinates; other sites unchanged) and the precision
+        at the original point. For a Gaussian likelihood with the other sites fixed this is
+        the exact conditional mean.
+
+        Raises:
+            ValueError: if the precision is not positive definite at ``point``.
+        """
+        z, gradient, precision = self.expansion(point)
+        chol = _cholesky(precision)
+        step = scipy.linalg.cho_solve((chol, True), gradient)
+        plan, model, args, kwargs = self.plan, self.model, self.args, self.kwargs
+
+        def build():
+            def to_model(point, z_new):
+                unconstrained = self.unconstrained(point)
+                values = plan.split(plan.rotate(z_new, inverse=True))
+                return constrain_fn(model.fn, args, kwargs, {**unconstrained, **values})
+
+            return to_model
+
+        with jax.enable_x64(True):
+            moved = self._compiled("to_model", build)(as_float64(point), jnp.asarray(z - step))
+        new_point = dict(point)
+        new_point.update({s.name: np.asarray(moved[s.name]) for s in plan.sites})
+        return new_point, precision
+
+    def coefficients(
+        self, point: Mapping[str, Any], *, precision: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        """Exact conditional coefficients at ``point``, projected onto the family (float64)."""
+        if precision is None:
+            precision = self.precision(point)
+        target = exact_local_target(self.plan, optimal_factor(precision))
+        with jax.enable_x64(True):
+            project = self._compiled("project", lambda: projector(self.plan))
+            projected = project(jnp.asarray(target, jnp.float64))
+            return {k: np.asarray(v) for k, v in projected.items()}
+
+    def aux_point(
+        self,
+        point: Mapping[str, Any],
+        coefficients: Mapping[str, Any],
+        precision: np.ndarray,
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Guide-coordinate location of ``point`` and mean-field sds under ``precision``.
+
+        Guide coordinates are ``u`` for children and model coordinates for parent-only sites;
+        with ``G`` the linear map from them to ``z``, returns ``(loc, sd)`` keyed by involved
+        site name: ``loc = G^{-1} z(point)`` and ``sd = diag(G^T P G)^{-1/2}``, the best
+        mean-field Gaussian for the local target.
+        """
+        plan = self.plan
+
+        def build():
+            def evaluate(point, coefficients, precision):
+                unconstrained = self.unconstrained(point)
+                z = plan.rotate(plan.join({s.name: unconstrained[s.name] for s in plan.sites}))
+                zero = jnp.zeros(plan.dim)
+                sampling = jax.jacfwd(lambda g: plan.guide_to_z(g, coefficients))(zero)
+                diag_pu = jnp.einsum("ik,ij,jk->k", sampling, precision, sampling)
+                return plan.split(plan.z_to_guide(z, coefficients)), plan.split(diag_pu**-0.5)
+
+            return evaluate
+
+        with jax.enable_x64(True):
+            loc, sd = self._compiled("aux_point", build)(
+                as_float64(point), as_float64(coefficients), jnp.asarray(precision, jnp.float64)
+            )
+            return (
+                {k: np.asarray(v) for k, v in loc.items()},
+                {k: np.asarray(v) for k, v in sd.items()},
+            )
+
+
+    def decentering(
+        self,
+        point: Mapping[str, Any],
+        coefficients: Mapping[str, Any],
+        sd: Mapping[str, Any],
+    ) -> dict[str, np.ndarray]:
+        """Centredness and reference scale of each decentred child at ``point``.
+
+        ``c_k = 1 - p_k / P_k`` with ``P_k = (G^T P G)_kk`` the total precision of guide
+        coordinate ``k`` (``sd`` are :meth:`aux_point`'s mean-field sds, ``P_k = sd_k^-2``:
+        passing them saves recomputing ``G^T P G``) and ``p_k`` the part from the child's own prior,
+        ``(F_cc^T H_c F_cc)_kk`` (``H_c``: Hessian of the child's prior alone,
+        ``F_cc = I + W_c``); ``scale_ref`` is the child's prior scale at ``point``
+        (see :mod:`reparam.decenter`).
+        """
+        plan, model, args, kwargs = self.plan, self.model, self.args, self.kwargs
+        children = [n for n, f in plan.families.items() if f.decenter]
+        if not children:
+            return {}
+
+        def build():
+            def evaluate(point, coefficients, sd):
+                unconstrained = self.unconstrained(point)
+                z = plan.split(
+                    plan.rotate(plan.join({s.name: unconstrained[s.name] for s in plan.sites}))
+                )
+                total = {name: sd[name] ** -2 for name in children}
+                seeded = handlers.seed(handlers.substitute(model.fn, data=point), rng_seed=0)
+                trace = handlers.trace(seeded).get_trace(*args, **kwargs)
+                out = {}
+                for name in children:
+                    family = plan.families[name]
+                    fn = trace[name]["fn"]
+
+                    def prior_energy(z_c, fn=fn, family=family):
+                        value = plan.structure.rotate_value(z_c, family.child, inverse=True)
+                        return -jnp.sum(fn.log_prob(value))
+
+                    curvature = jax.hessian(prior_energy)(z[name])
+                    size = family.child.size
+                    curvature = curvature.reshape(size, size)
+                    params = plan.child_params(name, coefficients)
+                    block = jax.jacfwd(
+                        lambda u, family=family, params=params: jnp.ravel(
+                            family.from_aux(u.reshape(family.child.shape), {
+                                c.parent.name: jnp.zeros(c.parent.shape)
+                                for c in family.couplings
+                            }, params)
+                        )
+                    )(jnp.zeros(size))
+                    prior_part = jnp.einsum("ik,ij,jk->k", block, curvature, block)
+                    share = prior_part / jnp.ravel(total[name])
+                    out[f"{name}_centering"] = jnp.clip(1.0 - share, 0.0, 1.0).reshape(
+                        family.child.shape
+                    )
+                    out[f"{name}_scale_ref"] = prior_scale(fn)
+                return out
+
+            return evaluate
+
+        with jax.enable_x64(True):
+            values = self._compiled("decentering", build)(
+                as_float64(point), as_float64(coefficients),
+                as_float64({name: sd[name] for name in children}),
+            )
+            return {k: np.asarray(v) for k, v in values.items()}
+
+
+def as_float64(values: Mapping[str, Any]) -> dict[str, Array]:
+    """Casts every value to float64 (call under ``jax.enable_x64``)."""
+    return {k: jnp.asarray(v, jnp.float64) for k, v in values.items()}
+
+
+def _cholesky(precision: np.ndarray) -> np.ndarray:
+    try:
+        return np.linalg.cholesky(precision)
+    except np.linalg.LinAlgError:
+        raise ValueError(
+            "The local precision is not positive definite at this point; evaluate it nearer "
+            "the posterior mode (e.g. at reparam.laplace_mode's point or an SVI median)."
+        ) from None
+
+
+def optimal_factor(precision: np.ndarray) -> np.ndarray:
+    """Unit lower-triangular ``N`` with ``N^{-T} P N^{-1}`` diagonal (reverse-order LDL).
+
+    Raises:
+        ValueError: if ``precision`` is not positive definite.
+    """
+    chol = _cholesky(np.asarray(precision, np.float64)[::-1, ::-1])
+    unit = chol / np.diag(chol)[None, :]
+    return unit.T[::-1, ::-1].copy()
+
+
+def exact_local_target(plan: LinearPlan, factor: np.ndarray) -> np.ndarray:
+    """The exact ``G`` of :meth:`LinearPlan.local_map` for ``u = N z``: child row blocks
+    ``N_cc^{-1} [N_c,<c, N_cc]``, identity elsewhere."""
+    target = np.eye(plan.dim)
+    start = 0
+    for site in plan.sites:
+        stop = start + site.size
+        if site.name in plan.families:
+            block = np.linalg.inv(factor[start:stop, start:stop])
+            target[start:stop, :start] = -block @ factor[start:stop, :start]
+            target[start:stop, start:stop] = block
+        start = stop
+    return target
+
+
+def projector(plan: LinearPlan) -> Callable[[Array], dict[str, Array]]:
+    """Returns ``target -> theta``, the least-squares projection of a dense local map onto
+    the family (call under ``jax.enable_x64``).
+
+    ``G(theta) - I = A theta`` (see :meth:`LinearPlan.local_map`) with disjoint supports, so
+    ``theta = A^T r / A^T A 1`` with ``r = target - I``.
+    """
+    def linear(c):
+        return jax.jacfwd(lambda v: plan.local_map(v, c))(jnp.zeros(plan.dim)) - jnp.eye(plan.dim)
+
+    def project(target: Array) -> dict[str, Array]:
+        zero = plan.zero_coefficients(target.dtype)
+        ones = jax.tree.map(jnp.ones_like, zero)
+        _, transpose = jax.vjp(linear, zero)
+        (numerator,) = transpose(target - jnp.eye(plan.dim))
+        (denominator,) = transpose(linear(ones))
+        return jax.tree.map(
+            lambda n, d: jnp.where(d > 0, n / jnp.where(d > 0, d, 1.0), 0.0),
+            numerator,
+            denominator,
+        )
+
+    return project
+
+
+def gaussian_coefficients(
+    model: DecorrelateMessenger,
+    point: Mapping[str, Any],
+    *args: Any,
+    dtype: Any = jnp.float32,
+    **kwargs: Any,
+) -> dict[str, Array]:
+    """Decorrelation coefficients from the local Gaussian conditional at ``point``.
+
+    Returns the projection onto the family of the exact conditional map (module docstring);
+    for a Gaussian model whose posterior structure the family contains, this is the exact
+    optimum. Use as ``init_params`` of SVI, or keep a :class:`LocalGaussian` to refresh them.
+
+    Args:
+        model: a model returned by :func:`reparam.decorrelate`.
+        point: values of all latent sites in model coordinates (e.g. an SVI median).
+        *args, **kwargs: the model's arguments.
+        dtype: dtype of the returned coefficients.
+    """
+    coefficients = LocalGaussian(model, point, *args, **kwargs).coefficients(point)
+    return {k: jnp.asarray(v, dtype) for k, v in coefficients.items()}

@@ -1,0 +1,128 @@
+"""Laplace-approximate mode of the sites that are not decorrelated (e.g. scale hyperparameters).
+
+The decorrelation coefficients depend on the values of the other latent sites ``h`` (for an
+additive model: the prior scales decide how a ridge is split between effects). Coefficients
+computed at a poor ``h`` feed back into a poor ``h`` during SVI, so training starts from
+
+    h* = argmax_h  log p(y, x_h, h) - 1/2 log det P(h)
+
+where ``x_h`` is the involved sites' mode given ``h`` (one Newton step, exact for a Gaussian
+likelihood) and ``P(h)`` their precision: the Laplace approximation of ``log p(y, h)`` with the
+involved sites integrated out (exact for a Gaussian likelihood). Everything is in unconstrained
+coordinates (the potential includes the Jacobians), so ``h*`` is a posterior mode of the
+unconstrained ``h``; the inverse Hessian there gives its local spread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+from jax.flatten_util import ravel_pytree
+from numpyro.infer.util import constrain_fn, potential_energy
+
+from reparam.local.analysis import LocalGaussian, as_float64
+from reparam.optim import minimize
+
+MAX_SPREAD_DIM = 64
+
+
+def _spread(hessian: np.ndarray) -> np.ndarray:
+    """Sds from the inverse of the Hessian of the negative log objective at the mode (NaN
+    where it is not positive definite)."""
+    hessian = 0.5 * (hessian + hessian.T)
+    try:
+        np.linalg.cholesky(hessian)
+    except np.linalg.LinAlgError:
+        return np.full(hessian.shape[0], np.nan)
+    return np.sqrt(np.diag(np.linalg.inv(hessian)))
+
+
+@dataclass(frozen=True)
+class LaplaceMode:
+    """Result of :func:`laplace_mode`.
+
+    Attributes:
+        point: all latent sites in model coordinates: other sites at ``h*``, involved sites at
+            their conditional mode given ``h*``.
+        unconstrained_sd: approximate posterior sd of each other site in unconstrained space
+            (Laplace; NaN when not available: indefinite, or more than 64 dims).
+        log_marginal: the Laplace objective at ``h*`` (``log p(y, h*)`` up to a constant).
+        iterations: optimiser iterations used.
+    """
+
+    point: dict[str, np.ndarray]
+    unconstrained_sd: dict[str, np.ndarray]
+    log_marginal: float
+    iterations: int
+
+
+def laplace_mode(
+    local: LocalGaussian, point: Mapping[str, Any], *, max_iterations: int = 200
+) -> LaplaceMode:
+    """Maximises the Laplace-approximate marginal over the sites not decorrelated.
+
+    Args:
+        local: the :class:`LocalGaussian` of a decorrelated model.
+        point: starting values of all latent sites (model coordinates).
+        max_iterations: L-BFGS iteration limit (:func:`reparam.optim.minimize`).
+
+    Raises:
+        ValueError: if the objective is not finite at ``point``.
+    """
+    plan, model = local.plan, local.model
+    args, kwargs = local.args, local.kwargs
+    involved = {s.name for s in plan.sites}
+
+    def objective(other: dict[str, Array], unconstrained: dict[str, Array]) -> Array:
+        base = {**unconstrained, **other}
+        z0 = plan.rotate(plan.join({s.name: base[s.name] for s in plan.sites}))
+
+        def potential(z_flat):
+            values = plan.split(plan.rotate(z_flat, inverse=True))
+            return potential_energy(model.fn, args, kwargs, {**base, **values})
+
+        gradient = jax.grad(potential)(z0)
+        chol = jnp.linalg.cholesky(jax.hessian(potential)(z0))
+        step = jax.scipy.linalg.cho_solve((chol, True), gradient)
+        return potential(z0 - step) + jnp.sum(jnp.log(jnp.diag(chol))), z0 - step
+
+    with jax.enable_x64(True):
+        unconstrained = local.unconstrained(as_float64(point))
+        names = sorted(k for k in unconstrained if k not in involved)
+        x0, unflatten = ravel_pytree({k: unconstrained[k] for k in names})
+        x0 = np.asarray(x0)
+
+        def fun(flat):
+            return objective(unflatten(flat), unconstrained)[0]
+
+        value0 = float(jax.jit(fun)(jnp.asarray(x0)))
+        if not np.isfinite(value0):
+            raise ValueError(
+                "The Laplace objective is not finite at the starting point; give starting "
+                "values inside the support with a positive-definite local precision."
+            )
+        if names:
+            result = minimize(fun, jnp.asarray(x0), max_iterations=max_iterations)
+            best, value, iterations = result.x, result.value, result.iterations
+            sd_flat = np.full(len(x0), np.nan)
+            if len(x0) <= MAX_SPREAD_DIM:  # exact Hessian of the objective at the mode
+                hessian = jax.jit(jax.hessian(fun))(best)
+                sd_flat = _spread(np.asarray(hessian, np.float64))
+        else:  # nothing to optimise: the mode is the involved sites' Newton step
+            best, value, iterations, sd_flat = jnp.asarray(x0), value0, 0, np.zeros(0)
+        other = unflatten(best)
+        _, z_mode = jax.jit(objective)(other, unconstrained)
+        values = plan.split(plan.rotate(z_mode, inverse=True))
+        constrained = constrain_fn(model.fn, args, kwargs, {**unconstrained, **other, **values})
+        return LaplaceMode(
+            point={k: np.asarray(v) for k, v in constrained.items()},
+            unconstrained_sd={k: np.asarray(v) for k, v in unflatten(jnp.asarray(sd_flat)).items()},
+            log_marginal=-value,
+            iterations=iterations,
+        )
