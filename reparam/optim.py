@@ -2,8 +2,8 @@
 
 Coordinates whose posterior sd is 0.003 and coordinates whose sd is 0.5 should both move in
 units of their own spread; Adam alone moves every coordinate by about its learning rate
-(:func:`relative_steps`). :func:`minimize` is optax's L-BFGS, compiled, for the deterministic
-optimisations (Laplace start, ceilings, reference posteriors).
+(:func:`relative_steps`). :func:`minimize` is L-BFGS on a compiled value and gradient, for
+the deterministic optimisations (Laplace start, ceilings, reference posteriors).
 """
 
 from __future__ import annotations
@@ -14,9 +14,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import Array
+from jax.flatten_util import ravel_pytree
 from numpyro.distributions import biject_to, constraints
+from scipy import optimize
 
 from reparam.names import GUIDE_LOC_SUFFIX, GUIDE_SCALE_SUFFIX
 
@@ -79,50 +82,55 @@ class Minimum:
 
 
 def minimize(
-    fun: Callable[[Any], Array],
+    fun: Callable[..., Array],
     x0: Any,
     *,
+    args: tuple = (),
     max_iterations: int = 200,
     tolerance: float = 1e-6,
     callback: Callable[[int, float], None] | None = None,
 ) -> Minimum:
-    """Minimises a smooth JAX function with optax's L-BFGS (zoom line search), one compiled
-    step per iteration, until the gradient's max-norm is below ``tolerance`` or
-    ``max_iterations`` steps ran. The one L-BFGS of the project (the Laplace start, the
-    ceiling and the reference posterior use it); call under ``jax.enable_x64`` for float64.
+    """Minimises a smooth JAX function by L-BFGS (SciPy's L-BFGS-B, no bounds) on its value and
+    gradient compiled once, until the gradient's max-norm is below ``tolerance``, the relative
+    decrease stalls (SciPy's ``ftol``) or ``max_iterations`` iterations ran. The one L-BFGS of
+    the project (the Laplace start, the ceiling and the reference posterior use it);
+    deterministic; call under ``jax.enable_x64`` for float64.
+
+    Measured on B2's Laplace start (7 scales, a dense 1,161-dim Cholesky per evaluation):
+    16.7 s for 27 iterations (33 evaluations), against 33 s for optax's L-BFGS with its zoom
+    line search compiled in (34 iterations, ~1.4 evaluations each).
 
     Args:
-        fun: the objective, a pure JAX function of a pytree of arrays.
-        x0: the start.
-        max_iterations: step limit.
+        fun: the objective ``fun(x, *args)``, a pure JAX function of pytrees of arrays.
+        x0: the start (a pytree of arrays).
+        args: further arguments of ``fun``, held fixed (traced arguments of the compiled
+            function, not constants).
+        max_iterations: iteration limit.
         tolerance: stop once ``max |grad| <= tolerance``.
-        callback: called as ``callback(step, value)`` after each step.
+        callback: called as ``callback(iteration, value)`` after each iteration.
     """
-    optimizer = optax.lbfgs()
-    value_and_grad = optax.value_and_grad_from_state(fun)
+    flat0, unflatten = ravel_pytree(x0)
+    dtype = flat0.dtype
+    value_and_grad = jax.jit(jax.value_and_grad(lambda flat, *a: fun(unflatten(flat), *a)))
 
-    @jax.jit
-    def step(x, state):
-        value, grad = value_and_grad(x, state=state)
-        updates, state = optimizer.update(grad, state, x, value=value, grad=grad, value_fn=fun)
-        x = optax.apply_updates(x, updates)
-        return x, state, optax.tree.get(state, "value"), _max_norm(optax.tree.get(state, "grad"))
+    def evaluate(flat: np.ndarray) -> tuple[float, np.ndarray]:
+        value, grad = value_and_grad(jnp.asarray(flat, dtype), *args)
+        return float(value), np.asarray(grad, np.float64)
 
-    initial = jax.jit(jax.value_and_grad(fun))
-    value, grad = initial(x0)
-    x, state, history = x0, optimizer.init(x0), [float(value)]
-    converged, done = bool(_max_norm(grad) <= tolerance), 0
-    while not converged and done < max_iterations:
-        x, state, value, norm = step(x, state)
-        done += 1
-        history.append(float(value))
-        converged = bool(norm <= tolerance)
+    value0, grad0 = evaluate(np.asarray(flat0))
+    history = [value0]
+
+    def record(intermediate_result: optimize.OptimizeResult) -> None:  # SciPy's keyword
+        history.append(float(intermediate_result.fun))
         if callback is not None:
-            callback(done - 1, history[-1])
-    return Minimum(x=x, value=history[-1], iterations=done, history=history,
-                   converged=converged)
+            callback(len(history) - 2, history[-1])
 
-
-def _max_norm(tree: Any) -> Array:
-    norms = [jnp.max(jnp.abs(leaf)) for leaf in jax.tree.leaves(tree) if leaf.size]
-    return jnp.max(jnp.stack(norms)) if norms else jnp.zeros(())
+    if np.max(np.abs(grad0), initial=0.0) <= tolerance or max_iterations == 0:
+        return Minimum(x=x0, value=value0, iterations=0, history=history, converged=True)
+    result = optimize.minimize(
+        evaluate, np.asarray(flat0, np.float64), jac=True, method="L-BFGS-B",
+        callback=record, options={"maxiter": max_iterations, "gtol": tolerance},
+    )
+    converged = bool(np.max(np.abs(result.jac), initial=0.0) <= tolerance)
+    return Minimum(x=unflatten(jnp.asarray(result.x, dtype)), value=float(result.fun),
+                   iterations=int(result.nit), history=history, converged=converged)

@@ -46,6 +46,7 @@ def fit(
     svi_start: SviStart = D.svi_start,
     coefficient_refreshes: int | Literal["auto"] = D.coefficient_refreshes,
     progress_bar: bool = D.progress_bar,
+    devices: int | str | Sequence[Any] = D.devices,
 ) -> Fit:
     """Fits the additive model ``y[i,j,t] ~ Normal(sum_e effect_e, sigma)`` to 3-way data.
 
@@ -104,6 +105,13 @@ def fit(
             start. A fit without decorrelation has nothing to refit. The steps used are
             ``fit.info["svi_refreshes"]``.
         progress_bar: show progress bars.
+        devices: the devices the data's cells are split over for SVI and NUTS (data-parallel
+            likelihood, effects replicated: :mod:`reparam.infer.sharding`): ``"auto"`` (every
+            visible device; one on a plain CPU machine), a number, or a list of
+            ``jax.Device``. The data are split along the longest axis whose length a number of
+            devices divides (as many devices as divide one); results equal one device's up to
+            the order of floating-point sums. ``fit.info["devices"]`` is the number used.
+            ``method="exact"`` runs on one device.
 
     Returns:
         A :class:`~tensorfact.results.fit.Fit` (save it with :meth:`~tensorfact.Fit.save`,
@@ -122,6 +130,7 @@ def fit(
         num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
         svi_steps_for_nuts=svi_steps_for_nuts, svi_start=svi_start,
         coefficient_refreshes=coefficient_refreshes, progress_bar=progress_bar,
+        devices=devices,
     )
     settings.check()
     tensor, spec, switched = check_inputs(data, spec, dims=dims, time=time,

@@ -23,7 +23,7 @@ from numpy.typing import ArrayLike
 from numpyro.infer import SVI, Trace_ELBO
 from tqdm.auto import tqdm
 
-from reparam.infer.programs import PROGRAMS, ProgramKey, model_key, shareable
+from reparam.programs import PROGRAMS, ProgramKey, model_key, shareable
 
 
 @dataclass(frozen=True)
@@ -140,10 +140,10 @@ class SVIRunner:
             chunk: steps per compiled chunk.
             optimizer_key: ``None``, or a hashable naming ``svi.optim`` completely (e.g.
                 ``reparam.infer.workflow.optimizer_key(lr, relative)`` for ``default_optimizer``).
-                With it, runners of models with equal :func:`~reparam.infer.programs.model_key`
+                With it, runners of models with equal :func:`~reparam.programs.model_key`
                 (derived from the model and guide objects, never from the caller) share one
                 compiled program in this process (for arguments of at most
-                :data:`~reparam.infer.programs.SHARE_MAX_BYTES`).
+                :data:`~reparam.programs.SHARE_MAX_BYTES`).
             num_particles: ELBO particles of ``svi.loss`` (part of the key).
         """
         leaves, treedef = jax.tree.flatten((tuple(args), dict(kwargs)))

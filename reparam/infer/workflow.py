@@ -30,12 +30,12 @@ from numpyro.infer.initialization import init_to_value
 
 from reparam.handler import DecorrelateMessenger, freeze
 from reparam.infer.nuts import NUTSRun, run_nuts
-from reparam.infer.programs import PROGRAMS, ProgramKey, model_key, shareable
 from reparam.infer.refresh import train_with_refreshes
 from reparam.infer.svi import Plateau, SVIRun, SVIRunner, continue_svi
 from reparam.local.analysis import LocalGaussian
 from reparam.names import AUX_SUFFIX
 from reparam.optim import relative_steps
+from reparam.programs import PROGRAMS, ProgramKey, model_key, shareable
 from reparam.start import Initialization, initialize
 
 GuideKind = Literal["normal", "lowrank"]  # tensorfact.methods.settings reads this one
@@ -92,7 +92,7 @@ class SVIFit:
         """Posterior draws of model sites (model coordinates) from the guide.
 
         The draws run as one compiled program, shared by the fits of the same model
-        (:func:`~reparam.infer.programs.model_key`) and guide kind in this process (params and
+        (:func:`~reparam.programs.model_key`) and guide kind in this process (params and
         arguments traced); a model without a key runs NumPyro's ``Predictive`` as is.
         """
         returned = tuple(sites) if sites is not None else None
@@ -202,7 +202,7 @@ def fit_svi(
             (0: keep them at the Gaussian fit; measured to be more accurate).
         progress_bar: show progress.
 
-    Fits of the same model (:func:`~reparam.infer.programs.model_key`) with the default
+    Fits of the same model (:func:`~reparam.programs.model_key`) with the default
     optimizer and fixed coefficients share their compiled programs in this process.
     """
     decorrelated = model if isinstance(model, DecorrelateMessenger) else None

@@ -35,6 +35,7 @@ from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
 from reparam.decenter import prior_scale
 from reparam.handler import DecorrelateMessenger
 from reparam.local.plan import LinearPlan, linear_plan
+from reparam.programs import PROGRAMS, ProgramKey, model_key, shareable
 
 
 class LocalGaussian:
@@ -42,8 +43,9 @@ class LocalGaussian:
 
     For a point (values of all latent sites in model coordinates) it computes the precision of
     the involved sites, the exact conditional coefficients projected onto the family, and the
-    matching mean-field guide in auxiliary coordinates. Compiled programs are cached on the
-    instance, so refreshing the coefficients during training costs one Hessian evaluation.
+    matching mean-field guide in auxiliary coordinates. Its programs are compiled once per
+    model, plan and argument shapes in this process (the model's arguments are traced), so a
+    refresh during training, or another fit of the same model, costs one Hessian evaluation.
 
     Args:
         model: a model returned by :func:`reparam.decorrelate`.
@@ -57,12 +59,37 @@ class LocalGaussian:
         self.model = model
         self.plan = linear_plan(model, point, *args, **kwargs)
         self.args, self.kwargs = args, kwargs
+        leaves, self._treedef = jax.tree.flatten((tuple(args), dict(kwargs)))
+        self._traced = tuple(isinstance(x, (np.ndarray, np.generic, jax.Array)) for x in leaves)
+        self._fixed = tuple(x for x, t in zip(leaves, self._traced, strict=True) if not t)
+        self._arrays = tuple(x for x, t in zip(leaves, self._traced, strict=True) if t)
         self._jitted: dict[str, Callable] = {}
 
     def _compiled(self, name: str, build: Callable[[], Callable]) -> Callable:
+        """The compiled ``build()``, a function ``f(args, kwargs, *inputs)``, called with this
+        instance's model arguments (traced, not constants: a program is shared with every
+        analysis of the same model, plan and argument shapes in this process,
+        :data:`reparam.programs.PROGRAMS`)."""
         if name not in self._jitted:
-            self._jitted[name] = jax.jit(build())
-        return self._jitted[name]
+            treedef, traced, fixed = self._treedef, self._traced, self._fixed
+            inner = build()
+
+            def run(arrays, *inputs):
+                given, constant = iter(arrays), iter(fixed)
+                leaves = [next(given) if t else next(constant) for t in traced]
+                args, kwargs = jax.tree.unflatten(treedef, leaves)
+                return inner(args, kwargs, *inputs)
+
+            model = model_key(self.model)
+            key = None
+            if model is not None and shareable(self._arrays):
+                shapes = tuple((np.shape(a), str(a.dtype)) for a in self._arrays)
+                plan = tuple((site.name, site.size) for site in self.plan.sites)
+                key = ProgramKey(kind=f"local_{name}", model=model, settings=(plan,),
+                                 arguments=(treedef, traced, fixed, shapes))
+            self._jitted[name] = PROGRAMS.get(key, lambda: jax.jit(run))
+        program = self._jitted[name]
+        return lambda *inputs: program(self._arrays, *inputs)
 
     def unconstrained(self, point: Mapping[str, Array]) -> dict[str, Array]:
         return unconstrain_fn(self.model.fn, self.args, self.kwargs, dict(point))
@@ -73,11 +100,11 @@ class LocalGaussian:
         Returns ``(z, gradient, precision)`` over the involved sites (float64); sites not
         involved in the decorrelation are held at their values in ``point``.
         """
-        plan, model, args, kwargs = self.plan, self.model, self.args, self.kwargs
+        plan, model = self.plan, self.model
 
         def build():
-            def expand(point):
-                unconstrained = self.unconstrained(point)
+            def expand(args, kwargs, point):
+                unconstrained = unconstrain_fn(model.fn, args, kwargs, dict(point))
                 z0 = plan.rotate(plan.join({s.name: unconstrained[s.name] for s in plan.sites}))
 
                 def potential(z_flat):
@@ -109,11 +136,11 @@ class LocalGaussian:
         z, gradient, precision = self.expansion(point)
         chol = _cholesky(precision)
         step = scipy.linalg.cho_solve((chol, True), gradient)
-        plan, model, args, kwargs = self.plan, self.model, self.args, self.kwargs
+        plan, model = self.plan, self.model
 
         def build():
-            def to_model(point, z_new):
-                unconstrained = self.unconstrained(point)
+            def to_model(args, kwargs, point, z_new):
+                unconstrained = unconstrain_fn(model.fn, args, kwargs, dict(point))
                 values = plan.split(plan.rotate(z_new, inverse=True))
                 return constrain_fn(model.fn, args, kwargs, {**unconstrained, **values})
 
@@ -133,7 +160,7 @@ class LocalGaussian:
             precision = self.precision(point)
         target = exact_local_target(self.plan, optimal_factor(precision))
         with jax.enable_x64(True):
-            project = self._compiled("project", lambda: projector(self.plan))
+            project = self._compiled("project", lambda: _without_arguments(projector(self.plan)))
             projected = project(jnp.asarray(target, jnp.float64))
             return {k: np.asarray(v) for k, v in projected.items()}
 
@@ -150,11 +177,11 @@ class LocalGaussian:
         site name: ``loc = G^{-1} z(point)`` and ``sd = diag(G^T P G)^{-1/2}``, the best
         mean-field Gaussian for the local target.
         """
-        plan = self.plan
+        plan, model = self.plan, self.model
 
         def build():
-            def evaluate(point, coefficients, precision):
-                unconstrained = self.unconstrained(point)
+            def evaluate(args, kwargs, point, coefficients, precision):
+                unconstrained = unconstrain_fn(model.fn, args, kwargs, dict(point))
                 z = plan.rotate(plan.join({s.name: unconstrained[s.name] for s in plan.sites}))
                 zero = jnp.zeros(plan.dim)
                 sampling = jax.jacfwd(lambda g: plan.guide_to_z(g, coefficients))(zero)
@@ -188,14 +215,14 @@ class LocalGaussian:
         ``F_cc = I + W_c``); ``scale_ref`` is the child's prior scale at ``point``
         (see :mod:`reparam.decenter`).
         """
-        plan, model, args, kwargs = self.plan, self.model, self.args, self.kwargs
+        plan, model = self.plan, self.model
         children = [n for n, f in plan.families.items() if f.decenter]
         if not children:
             return {}
 
         def build():
-            def evaluate(point, coefficients, sd):
-                unconstrained = self.unconstrained(point)
+            def evaluate(args, kwargs, point, coefficients, sd):
+                unconstrained = unconstrain_fn(model.fn, args, kwargs, dict(point))
                 z = plan.split(
                     plan.rotate(plan.join({s.name: unconstrained[s.name] for s in plan.sites}))
                 )
@@ -239,6 +266,12 @@ class LocalGaussian:
                 as_float64({name: sd[name] for name in children}),
             )
             return {k: np.asarray(v) for k, v in values.items()}
+
+
+def _without_arguments(fn: Callable) -> Callable:
+    """``fn`` as a program of :meth:`LocalGaussian._compiled` that ignores the model's
+    arguments."""
+    return lambda args, kwargs, *inputs: fn(*inputs)
 
 
 def as_float64(values: Mapping[str, Any]) -> dict[str, Array]:

@@ -98,21 +98,22 @@ def laplace_mode(
         x0, unflatten = ravel_pytree({k: unconstrained[k] for k in names})
         x0 = np.asarray(x0)
 
-        def fun(flat):
+        def fun(flat, unconstrained):
             return objective(unflatten(flat), unconstrained)[0]
 
-        value0 = float(jax.jit(fun)(jnp.asarray(x0)))
+        value0 = float(jax.jit(fun)(jnp.asarray(x0), unconstrained))
         if not np.isfinite(value0):
             raise ValueError(
                 "The Laplace objective is not finite at the starting point; give starting "
                 "values inside the support with a positive-definite local precision."
             )
         if names:
-            result = minimize(fun, jnp.asarray(x0), max_iterations=max_iterations)
+            result = minimize(fun, jnp.asarray(x0), args=(unconstrained,),
+                              max_iterations=max_iterations)
             best, value, iterations = result.x, result.value, result.iterations
             sd_flat = np.full(len(x0), np.nan)
             if len(x0) <= MAX_SPREAD_DIM:  # exact Hessian of the objective at the mode
-                hessian = jax.jit(jax.hessian(fun))(best)
+                hessian = jax.jit(jax.hessian(fun))(best, unconstrained)
                 sd_flat = _spread(np.asarray(hessian, np.float64))
         else:  # nothing to optimise: the mode is the involved sites' Newton step
             best, value, iterations, sd_flat = jnp.asarray(x0), value0, 0, np.zeros(0)

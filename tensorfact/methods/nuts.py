@@ -56,7 +56,8 @@ def fit_by_nuts(
         record = record_of(settings, svi, model, key)
         info = {**svi_info(svi), "svi_start": start}
     nuts = fit_nuts(
-        model.decorrelated(switched), *model_arguments(data), coefficients=svi.coefficients,
+        model.decorrelated(switched), *model_arguments(data, settings.devices),
+        coefficients=svi.coefficients,
         init_values=svi.guide.median(svi.run.params), rng_key=jax.random.fold_in(key, 2),
         num_warmup=settings.num_warmup, num_samples=settings.num_samples,
         num_chains=settings.num_chains, report_sites=list(record.sites),

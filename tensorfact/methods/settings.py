@@ -20,6 +20,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
+from reparam.infer.sharding import resolve_devices
 from reparam.infer.workflow import GuideKind
 from tensorfact.checks import (
     check_choice,
@@ -111,6 +112,7 @@ class FitSettings:
     svi_start: str = "auto"
     coefficient_refreshes: int | str = "auto"
     progress_bar: bool = False
+    devices: Any = "auto"
 
     def check(self) -> None:
         """Raises ``TypeError``/``ValueError`` naming the first bad setting and the fix."""
@@ -126,6 +128,7 @@ class FitSettings:
         check_optimizer(self.optimizer)
         check_flag("stop_at_plateau", self.stop_at_plateau)
         check_flag("progress_bar", self.progress_bar)
+        resolve_devices(self.devices)
 
     @property
     def svi_steps(self) -> int:

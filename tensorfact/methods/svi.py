@@ -14,10 +14,10 @@ from time import perf_counter
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
+from reparam.infer.sharding import shard_cells
 from reparam.infer.svi import NonFiniteLoss, Plateau
 from reparam.infer.workflow import (
     SVIFit,
@@ -41,9 +41,11 @@ from tensorfact.results.record import FitRecord, SVIRecord
 from tensorfact.spec import ModelSpec
 
 
-def model_arguments(data: TensorData) -> tuple[jax.Array, jax.Array]:
-    """``(y, mask)`` as the tensor model takes them (float32 data, NaN cells filled)."""
-    return jnp.asarray(data.filled, jnp.float32), jnp.asarray(data.mask)
+def model_arguments(data: TensorData, devices: Any = 1) -> tuple[jax.Array, jax.Array]:
+    """``(y, mask)`` as the tensor model takes them (float32 data, NaN cells filled), split
+    over ``devices`` along one data axis (:func:`reparam.infer.sharding.shard_cells`)."""
+    arrays = (np.asarray(data.filled, np.float32), np.asarray(data.mask))
+    return shard_cells(arrays, devices)[0]
 
 
 def train(
@@ -66,7 +68,7 @@ def train(
                if model.decorrelation_config(switched) else ())  # plain: nothing to refit
     try:
         svi = fit_svi(
-            model.decorrelated(switched), *model_arguments(data),
+            model.decorrelated(switched), *model_arguments(data, settings.devices),
             point=model.initial_point(data.filled, data.mask),
             analysis=surrogate.decorrelated(switched) if surrogate is not model else None,
             laplace=start == "laplace", rng_key=key, num_steps=steps, refresh_at=refresh,
@@ -137,7 +139,13 @@ def record_of(
 def svi_info(svi: SVIFit) -> dict[str, Any]:
     """The facts about SVI that a fit reports in ``info``."""
     return {"svi_steps": len(svi.run.losses), "svi_stopped": svi.run.stopped,
-            "svi_seconds": svi.run.seconds, "svi_refreshes": [int(s) for s in svi.refreshes]}
+            "svi_seconds": svi.run.seconds, "svi_refreshes": [int(s) for s in svi.refreshes],
+            "devices": devices_used(svi.args)}
+
+
+def devices_used(args: tuple) -> int:
+    """The number of devices the data arguments of a fit are split over."""
+    return max(len(a.sharding.device_set) if isinstance(a, jax.Array) else 1 for a in args)
 
 
 def draw_posterior(svi: SVIFit, record: FitRecord, spec: ModelSpec, data: TensorData) -> Any:
@@ -201,11 +209,18 @@ def _restore(fit: Fit, optimizer: Any, resumable: bool) -> SVIFit:
         shared = optimizer_key(record.learning_rate, record.guide == "normal")
     model = TensorModel(fit.spec, fit.data.sizes)
     return restore_svi(
-        model.decorrelated(fit.decorrelate), *model_arguments(fit.data),
+        model.decorrelated(fit.decorrelate), *model_arguments(fit.data, devices_of(fit)),
         coefficients=fit.coefficients, guide=record.guide, optimizer=optimizer,
         leaves=leaves, losses=fit.losses, params=fit._saved["params"],
         stopped=fit._saved.get("stopped", "max_steps"), optimizer_key=shared,
     )
+
+
+def devices_of(fit: Fit) -> int | str:
+    """The devices a restored fit runs on: as many as it was fitted on where this process
+    sees that many, else all it sees."""
+    count = int(fit.info.get("devices", 1))
+    return count if count <= len(jax.devices()) else "auto"
 
 
 def resume_fit(

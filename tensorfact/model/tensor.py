@@ -106,7 +106,7 @@ class TensorModel:
     def program_key(self) -> tuple:
         """What determines this model's computation apart from its array arguments: the
         specification, the dim sizes and the surrogate switch (used by
-        :func:`reparam.infer.programs.model_key` to share compiled programs)."""
+        :func:`reparam.programs.model_key` to share compiled programs)."""
         return ("TensorModel", self.spec, tuple(self.sizes.items()), self.surrogate)
 
     # -- structure ---------------------------------------------------------------------------

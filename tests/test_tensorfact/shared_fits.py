@@ -17,7 +17,7 @@ import numpy as np
 import xarray as xr
 
 import tensorfact
-from reparam.infer.programs import PROGRAMS
+from reparam.programs import PROGRAMS
 from tensorfact import GrandMean, ModelSpec, Shrinkage, Temporal
 from tests.test_tensorfact.conftest import COORDS, SIZES
 

@@ -1,4 +1,5 @@
-"""The one cache of compiled programs (SVI chunks, guide draws) shared between fits.
+"""The one cache of compiled programs (SVI chunks, guide draws, the local Gaussian analysis)
+shared between fits.
 
 A compiled program may be reused only for a model whose computation it is. The key is
 therefore never written by callers: :func:`model_key` derives it from the model object itself
@@ -26,7 +27,7 @@ import numpy as np
 
 from reparam.handler import DecorrelateMessenger
 
-CACHE_SIZE = 8  # programs kept per process (least recently used dropped)
+CACHE_SIZE = 32  # programs kept per process (least recently used dropped)
 SHARE_MAX_BYTES = 2**24  # arguments above this size are not shared: a program keeps them alive
 
 
