@@ -88,10 +88,11 @@ def shard_cells(arrays: Sequence[Any], devices: Any = "auto") -> tuple[tuple[jax
     shapes = {np.shape(a) for a in arrays}
     if len(shapes) != 1:
         raise ValueError(f"shard_cells needs arrays of one shape, got {sorted(shapes)}.")
-    axis, count = split_plan(shapes.pop(), len(resolve_devices(devices)))
+    available = resolve_devices(devices)
+    axis, count = split_plan(shapes.pop(), len(available))
     if count == 1:
         return tuple(jax.numpy.asarray(a) for a in arrays), 1
-    mesh = Mesh(np.array(resolve_devices(devices)[:count]), (CELL_AXIS,))
+    mesh = Mesh(np.array(available[:count]), (CELL_AXIS,))
     spec = PartitionSpec(*([None] * axis), CELL_AXIS)
     sharding = NamedSharding(mesh, spec)
     return tuple(jax.device_put(a, sharding) for a in arrays), count
