@@ -10,11 +10,15 @@ the implied marginal sds against the exact ones: minimum ratio and fraction of e
 * chosen: Helmert rotation along the non-time dims, every effect shifted by all earlier ones,
   dense lower-triangular coupling along time (tensorfact's default);
 * band 3: the same with couplings along time limited to lags <= 3;
+* markov band k: Helmert rotation and all earlier parents, the within-site coupling in the
+  Markov (bidiagonal inverse) form and parent couplings along time banded to offsets <= k:
+  ``O(T)`` coefficients and apply per row (``reparam.family``);
 * no time coupling: rotations and shifts, but no coupling along time;
 * unrotated: the same parents without rotations or time coupling (``docs/design.md``'s naive
   family).
 
     python experiments/ceiling_b2.py --out results/ceiling [--quick] [--steps N]
+        [--missing 0 0.1 0.3] [--families markov]  (substring filter on the family labels)
 """
 
 from __future__ import annotations
@@ -47,15 +51,19 @@ def families(model: TensorModel) -> dict[str, reparam.DecorrelateMessenger]:
         "chosen (helmert, dense time)": model.decorrelated(True),
         "band 3": reparam.decorrelate(model, config, rotate=rotate, sequence=spec.time,
                                       band=3, dims=dims),
+        **{f"markov band {band}": reparam.decorrelate(
+            model, config, rotate=rotate, sequence=spec.time, band=band, markov=True, dims=dims)
+           for band in (1, 3, 8)},
         "no time coupling": reparam.decorrelate(model, no_within, rotate=rotate, dims=dims),
         "unrotated": reparam.decorrelate(model, no_within, dims=dims),
     }
 
 
-def run(out: Path, quick: bool, steps: int) -> dict:
+def run(out: Path, quick: bool, steps: int, missing_levels=None, only=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    missing_levels = (0.0, 0.2) if quick else (0.0, 0.02, 0.08, 0.2)
+    if missing_levels is None:
+        missing_levels = (0.0, 0.2) if quick else (0.0, 0.02, 0.08, 0.2)
     for missing in missing_levels:
         data, _ = simulate_additive(B2_SIZES, seed=0, missing=missing)
         y = np.nan_to_num(data.values).astype(np.float32)
@@ -66,6 +74,8 @@ def run(out: Path, quick: bool, steps: int) -> dict:
         point = {**model.initial_point(y, mask), **hyper}
         args = (jnp.asarray(y), jnp.asarray(mask))
         for label, decorrelated in families(model).items():
+            if only and not any(word in label for word in only):
+                continue
             plan = reparam.LocalGaussian(decorrelated, point, *args).plan
             start = time.perf_counter()
             result = reparam.ceiling(plan, posterior.precision, steps=steps)
@@ -98,8 +108,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--quick", action="store_true", help="two missing levels")
     parser.add_argument("--steps", type=int, default=30, help="L-BFGS iterations")
+    parser.add_argument("--missing", type=float, nargs="*", help="fractions of cells missing")
+    parser.add_argument("--families", nargs="*", help="run only families whose label has one "
+                        "of these words")
     args = parser.parse_args()
-    run(args.out, args.quick, args.steps)
+    run(args.out, args.quick, args.steps, args.missing, args.families)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,16 @@ recovered as
 * ``W_c`` is strictly lower-triangular along the *sequence* axis (e.g. time), coupling each
   element with lags ``1..band``: ``W_c(u)[.., t] = sum_{1<=l<=band} w[.., t, l] u[.., t - l]``
   (stored densely as ``w[.., t, s]``, ``s < t``, when ``band`` is ``None``).
+* With ``Structure.markov`` the within-site coupling is the *Markov* (inverse, bidiagonal) form
+  instead, the form the exact conditional of a Gauss-Markov chain takes (the Cholesky factor of
+  a tridiagonal precision is bidiagonal):
+
+      u_c = M_c x~_c + sum_k S_k(x~_{p_k}),   (M_c x)[.., t] = x[.., t] - m[.., t] x[.., t-1]
+
+  so ``x~_c`` is recovered by the first-order recurrence
+  ``x~[t] = m[t] x~[t-1] + (u - sum_k S_k)[t]`` (an associative scan: ``O(T)`` work,
+  ``O(log T)`` depth) with one coefficient per element (``m[.., 0]`` unused). The shifts then act
+  in ``u``'s coordinates; a child without the sequence axis has ``M_c = I`` either way.
 * ``S_k`` is linear in the parent, with one learned coefficient per (child element, parent
   element) pair that the structure allows:
   - axes the two share are aligned element by element;
@@ -21,7 +31,8 @@ recovered as
     it (a dense ``T x T`` block when ``band`` is ``None``), and a full set of weights when only
     the parent has it.
 
-With ``W = 0`` this is the shift ``u = x~ + sum_k S_k(x~_{p_k})`` of ``docs/design.md`` section 2.
+With ``W = 0`` (or ``M = I``) this is the shift ``u = x~ + sum_k S_k(x~_{p_k})`` of
+``docs/design.md`` section 2.
 Given the parents, ``u_c -> x~_c`` is unit lower triangular, so ``|det| = 1`` and the model's joint
 density is unchanged (an exact reparameterization). Sampling direction (``u -> x~``) costs one
 batched matmul; the inverse is a unit-triangular solve, needed only to draw from the prior.
@@ -51,11 +62,15 @@ class Structure:
         rotations: ``(axis name, rotation name)`` pairs (see :mod:`reparam.rotations`).
         sequence: name of the axis along which within-site and banded couplings act.
         band: largest lag/offset coupled along ``sequence`` (``None``: all).
+        markov: within-site coupling in the Markov (bidiagonal inverse) form, applied in
+            ``O(T)``; parent couplings along ``sequence`` are then banded with ``band``
+            (required).
     """
 
     rotations: tuple[tuple[str, str], ...] = ()
     sequence: str | None = None
     band: int | None = None
+    markov: bool = False
 
     @property
     def rotate(self) -> dict[str, str]:
@@ -221,7 +236,10 @@ class ChildFamily:
         """Shapes of the linear coefficients (shifts and within-site coupling)."""
         shapes = {f"shift_{c.parent.name}": c.coefficient_shape for c in self.couplings}
         axis = self.sequence_axis
-        if axis is not None:
+        if axis is not None and self.structure.markov:
+            if self.child.shape[axis] > 1:
+                shapes["within"] = self.child.shape  # m[.., t] couples t with t - 1
+        elif axis is not None:
             lags = self.structure.lags(self.child.shape[axis])
             if lags > 0:
                 # Dense (.., T, T) storage when every lag is coupled, else (.., T, lags).
@@ -249,6 +267,29 @@ class ChildFamily:
         gathered = w[..., rows, jnp.clip(lag - 1, 0, lags - 1)]
         return jnp.eye(length, dtype=w.dtype) + jnp.where(valid, gathered, 0.0)
 
+    def _markov_lag(self, x: Array, within: Array) -> Array:
+        """``m[.., t] x[.., t-1]`` along the sequence axis (0 at ``t = 0``)."""
+        x_last, axis = self._sequence_last(x)
+        m_last, _ = self._sequence_last(jnp.broadcast_to(within, x.shape))
+        lagged = jnp.concatenate(
+            [jnp.zeros_like(x_last[..., :1]), m_last[..., 1:] * x_last[..., :-1]], axis=-1
+        )
+        return jnp.moveaxis(lagged, -1, axis)
+
+    def _markov_solve(self, rhs: Array, within: Array) -> Array:
+        """Solves ``M x = rhs``: ``x[t] = m[t] x[t-1] + rhs[t]`` by an associative scan."""
+        r_last, axis = self._sequence_last(rhs)
+        m_last, _ = self._sequence_last(jnp.broadcast_to(within, rhs.shape))
+        m_last = m_last.at[..., 0].set(0.0)
+
+        def compose(earlier, later):  # x -> a x + b, applied ``earlier`` first
+            a1, b1 = earlier
+            a2, b2 = later
+            return a1 * a2, a2 * b1 + b2
+
+        _, x = jax.lax.associative_scan(compose, (m_last, r_last), axis=r_last.ndim - 1)
+        return jnp.moveaxis(x, -1, axis)
+
     def _sequence_last(self, x: Array) -> tuple[Array, int]:
         axis = self.sequence_axis - len(self.child.shape)
         return jnp.moveaxis(x, axis, -1), axis
@@ -260,13 +301,17 @@ class ChildFamily:
         params: Mapping[str, Array],
         scale: Array | None = None,
     ) -> Array:
-        """``x~ = u + W(u) - sum_k S_k(p~_k)``; ``aux`` may carry leading batch axes.
+        """``x~ = u + W(u) - sum_k S_k(p~_k)`` (Markov form: ``x~ = M^{-1}(u - sum_k S_k)``);
+        ``aux`` may carry leading batch axes.
 
         With ``scale`` (the child's prior scale) and decentering params, ``aux`` is the
         decentred ``v`` of :mod:`reparam.decenter` and ``u = r + factor * (v - r)`` first.
         """
         if scale is not None and "centering" in params:
             aux = decenter.decentred_to_aux(params, scale, aux)
+        if self.structure.markov:
+            rhs = aux - self._total_shift(parents_rot, params)
+            return self._markov_solve(rhs, params["within"]) if "within" in params else rhs
         x = aux
         if "within" in params:
             u, axis = self._sequence_last(aux)
@@ -281,9 +326,15 @@ class ChildFamily:
         params: Mapping[str, Array],
         scale: Array | None = None,
     ) -> Array:
-        """Inverse of :meth:`from_aux`: ``u = (I + W)^{-1} (x~ + sum_k S_k(p~_k))``."""
-        rhs = child_rot + self._total_shift(parents_rot, params)
+        """Inverse of :meth:`from_aux`: ``u = (I + W)^{-1} (x~ + sum_k S_k(p~_k))`` (Markov
+        form: ``u = M x~ + sum_k S_k(p~_k)``)."""
         divide = scale is not None and "centering" in params
+        if self.structure.markov:
+            u = child_rot + self._total_shift(parents_rot, params)
+            if "within" in params:
+                u = u - self._markov_lag(child_rot, params["within"])
+            return decenter.aux_to_decentred(params, scale, u) if divide else u
+        rhs = child_rot + self._total_shift(parents_rot, params)
         if "within" not in params:
             return decenter.aux_to_decentred(params, scale, rhs) if divide else rhs
         r, axis = self._sequence_last(rhs)

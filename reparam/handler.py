@@ -127,6 +127,8 @@ class DecorrelateMessenger(Messenger):
         rotate: axis name -> rotation name, applied to every involved site having that axis.
         sequence: name of the axis coupled within sites and banded across sites.
         band: largest lag coupled along ``sequence`` (``None``: all lags).
+        markov: couple along ``sequence`` in the Markov form of :mod:`reparam.family` (``O(T)``
+            per child; needs ``sequence`` and an int ``band`` for the parent couplings).
         dims: site name -> one axis name per axis of the site's value (overrides plate names).
         involve: further sites to include in the local Gaussian analysis
             (:mod:`reparam.local.analysis`: Newton step, guide initialisation) although they are
@@ -141,6 +143,7 @@ class DecorrelateMessenger(Messenger):
         rotate: Mapping[str, str] | None = None,
         sequence: str | None = None,
         band: int | None = None,
+        markov: bool = False,
         dims: Mapping[str, Sequence[str]] | None = None,
         involve: Sequence[str] = (),
     ) -> None:
@@ -148,11 +151,17 @@ class DecorrelateMessenger(Messenger):
             raise TypeError("config must be a dict {child: [parents]} or a callable.")
         if band is not None and (not isinstance(band, int) or band < 0):
             raise ValueError(f"band must be a non-negative int or None, got {band!r}.")
+        if markov and (sequence is None or band is None):
+            raise ValueError(
+                "markov=True couples along a sequence axis with banded parent couplings: give "
+                "`sequence=` and an int `band=` (e.g. band=2)."
+            )
         for rotation in (rotate or {}).values():
             get_rotation(rotation)
         self.config = config
         self.structure = Structure(
-            rotations=tuple(sorted((rotate or {}).items())), sequence=sequence, band=band
+            rotations=tuple(sorted((rotate or {}).items())), sequence=sequence, band=band,
+            markov=bool(markov),
         )
         self.dims = dict(dims or {})
         self.involve = tuple(involve)
@@ -345,6 +354,7 @@ def decorrelate(
     rotate: Mapping[str, str] | None = None,
     sequence: str | None = None,
     band: int | None = None,
+    markov: bool = False,
     dims: Mapping[str, Sequence[str]] | None = None,
     involve: Sequence[str] = (),
 ) -> DecorrelateMessenger:
@@ -361,6 +371,8 @@ def decorrelate(
         rotate: axis name -> rotation name (``"helmert"``) for every involved site.
         sequence: axis name coupled within sites (lower-triangular) and banded across sites.
         band: largest lag coupled along ``sequence`` (``None``: dense).
+        markov: Markov (bidiagonal inverse) coupling along ``sequence``, ``O(T)`` per child
+            (needs an int ``band``).
         dims: site name -> axis names, for axes not named by plates.
         involve: further sites analysed with the decorrelated ones but sampled unchanged.
 
@@ -368,7 +380,8 @@ def decorrelate(
         The decorrelated model (a callable with the model's signature).
     """
     return DecorrelateMessenger(
-        model, config, rotate=rotate, sequence=sequence, band=band, dims=dims, involve=involve
+        model, config, rotate=rotate, sequence=sequence, band=band, markov=markov, dims=dims,
+        involve=involve,
     )
 
 

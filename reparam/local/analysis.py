@@ -21,6 +21,7 @@ All linear algebra runs in float64 (inside ``jax.enable_x64``) because posterior
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -101,6 +102,7 @@ class LocalGaussian:
         involved in the decorrelation are held at their values in ``point``.
         """
         plan, model = self.plan, self.model
+        check_dense_fits(plan.dim)
 
         def build():
             def expand(args, kwargs, point):
@@ -268,6 +270,34 @@ class LocalGaussian:
             return {k: np.asarray(v) for k, v in values.items()}
 
 
+DENSE_COPIES = 6  # float64 dim x dim arrays alive at once in the dense start (measured bound)
+
+
+def dense_bytes(dim: int) -> int:
+    """Memory the dense local analysis needs for ``dim`` involved dims (float64)."""
+    return DENSE_COPIES * 8 * dim * dim
+
+
+def check_dense_fits(dim: int) -> None:
+    """Refuses a dense local analysis that cannot fit this machine's memory.
+
+    Raises:
+        ValueError: naming the size and the way out, instead of an out-of-memory crash.
+    """
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not available on this platform
+        return
+    need = dense_bytes(dim)
+    if need > 0.8 * memory:
+        raise ValueError(
+            f"The decorrelated start analyses {dim:,} location dims with dense matrices "
+            f"({need / 1e9:.1f} GB; this machine has {memory / 1e9:.1f} GB). Decorrelate fewer "
+            "sites, or fit without decorrelation (tensorfact: decorrelate=False), whose start "
+            "is matrix-free (reparam.local.curvature)."
+        )
+
+
 def _without_arguments(fn: Callable) -> Callable:
     """``fn`` as a program of :meth:`LocalGaussian._compiled` that ignores the model's
     arguments."""
@@ -302,12 +332,15 @@ def optimal_factor(precision: np.ndarray) -> np.ndarray:
 
 def exact_local_target(plan: LinearPlan, factor: np.ndarray) -> np.ndarray:
     """The exact ``G`` of :meth:`LinearPlan.local_map` for ``u = N z``: child row blocks
-    ``N_cc^{-1} [N_c,<c, N_cc]``, identity elsewhere."""
+    ``N_cc^{-1} [-N_c,<c, I]`` (Markov form: ``N``'s rows ``[N_c,<c, N_cc]``), identity
+    elsewhere."""
     target = np.eye(plan.dim)
     start = 0
     for site in plan.sites:
         stop = start + site.size
-        if site.name in plan.families:
+        if site.name in plan.families and plan.structure.markov:
+            target[start:stop, :stop] = factor[start:stop, :stop]
+        elif site.name in plan.families:
             block = np.linalg.inv(factor[start:stop, start:stop])
             target[start:stop, :start] = -block @ factor[start:stop, :start]
             target[start:stop, start:stop] = block

@@ -70,16 +70,22 @@ class LinearPlan:
         return {key: coefficients[f"{name}_{key}"] for key in family.param_shapes()}
 
     def local_map(self, v_flat: Array, coefficients: Mapping[str, Array]) -> Array:
-        """``G(theta) v``: each child's ``(I + W_c) v_c - S_c(v_parents)``, others unchanged.
+        """``G(theta) v``: each child's ``(I + W_c) v_c - S_c(v_parents)`` (Markov form: the
+        inverse rows ``M_c v_c + S_c(v_parents)``), others unchanged.
 
         ``G - I`` is linear in the coefficients and each coefficient sets a disjoint set of its
-        entries; the exact target is ``N_cc^{-1} [N_cc, N_c,<c]`` row block by row block.
+        entries; the exact target is ``N_cc^{-1} [-N_c,<c, I]`` row block by row block (Markov
+        form: ``N``'s rows ``[N_c,<c, N_cc]``; :func:`reparam.local.analysis.exact_local_target`).
         """
         v = self.split(v_flat)
         out = dict(v)
         for name, family in self.families.items():
             parents = {c.parent.name: v[c.parent.name] for c in family.couplings}
-            out[name] = family.from_aux(v[name], parents, self.child_params(name, coefficients))
+            params = self.child_params(name, coefficients)
+            if self.structure.markov:
+                out[name] = family.to_aux(v[name], parents, params)
+            else:
+                out[name] = family.from_aux(v[name], parents, params)
         return self.join(out)
 
     def sample_map(self, u_flat: Array, coefficients: Mapping[str, Array]) -> Array:
