@@ -14,6 +14,10 @@ coefficients degrade them. So training starts from
 
 after which Adam's location steps are scaled by the current guide scale
 (:func:`reparam.optim.relative_steps`).
+
+A plain model (no decorrelated children) with more than ``dense_limit`` involved dims starts
+matrix-free instead (:mod:`reparam.local.curvature`): a preconditioned-CG Newton step and the
+exact Hessian diagonal from coloured Hessian-vector products, so its cost is linear in the data.
 """
 
 from __future__ import annotations
@@ -26,8 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from reparam.local.analysis import LocalGaussian
+from reparam.local.curvature import newton_matrix_free
 from reparam.local.laplace import LaplaceMode, laplace_mode
 from reparam.names import AUX_SUFFIX
+
+DENSE_LIMIT = 3000  # involved dims above which a plain model's start is matrix-free
 
 
 class GuideInit(NamedTuple):
@@ -71,6 +78,7 @@ def initialize(
     laplace: bool = True,
     dtype: Any = jnp.float32,
     guide_names: Mapping[str, str] | None = None,
+    dense_limit: int | None = None,
 ) -> Initialization:
     """Computes coefficients and a matching mean-field guide at (or from) ``point``.
 
@@ -84,13 +92,21 @@ def initialize(
             auxiliary name for children, the site name otherwise. Pass identity names when
             ``local`` only analyses a plain model (an unrotated decorrelation whose children
             have no parents, so ``u = x``).
+        dense_limit: a plain model with more involved dims starts matrix-free (module
+            docstring; no Laplace step, whatever ``laplace`` says). Default
+            :data:`DENSE_LIMIT`.
     """
-    mode = laplace_mode(local, point) if laplace else None
-    point = dict(mode.point) if mode is not None else dict(point)
-    point, precision = local.newton(point)
-    coefficients = local.coefficients(point, precision=precision)
-    loc, sd = local.aux_point(point, coefficients, precision)
-    coefficients.update(local.decentering(point, coefficients, sd))
+    limit = DENSE_LIMIT if dense_limit is None else dense_limit
+    if not local.plan.families and local.plan.dim > limit:
+        point, sd = newton_matrix_free(local, point)
+        mode, coefficients, loc = None, {}, {}
+    else:
+        mode = laplace_mode(local, point) if laplace else None
+        point = dict(mode.point) if mode is not None else dict(point)
+        point, precision = local.newton(point)
+        coefficients = local.coefficients(point, precision=precision)
+        loc, sd = local.aux_point(point, coefficients, precision)
+        coefficients.update(local.decentering(point, coefficients, sd))
     for name, family in local.plan.families.items():
         if family.decenter:  # rescale deviations from the fitted point (reparam.decenter)
             coefficients[f"{name}_decenter_at"] = np.asarray(loc[name])
