@@ -47,6 +47,7 @@ def fit(
     coefficient_refreshes: int | Literal["auto"] = D.coefficient_refreshes,
     progress_bar: bool = D.progress_bar,
     devices: int | str | Sequence[Any] = D.devices,
+    batch_size: int | None = D.batch_size,
 ) -> Fit:
     """Fits the additive model ``y[i,j,t] ~ Normal(sum_e effect_e, sigma)`` to 3-way data.
 
@@ -112,6 +113,10 @@ def fit(
             devices divides (as many devices as divide one); results equal one device's up to
             the order of floating-point sums. ``fit.info["devices"]`` is the number used.
             ``method="exact"`` runs on one device.
+        batch_size: SVI observes a random minibatch of this many cells per step (missing
+            cells included, masked), scaled so the ELBO and its gradient are unbiased
+            (:mod:`tensorfact.model.minibatch`); the start and the coefficient refreshes use
+            every cell, and so does NUTS. ``None`` (default): every cell at every step.
 
     Returns:
         A :class:`~tensorfact.results.fit.Fit` (save it with :meth:`~tensorfact.Fit.save`,
@@ -130,11 +135,12 @@ def fit(
         num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
         svi_steps_for_nuts=svi_steps_for_nuts, svi_start=svi_start,
         coefficient_refreshes=coefficient_refreshes, progress_bar=progress_bar,
-        devices=devices,
+        devices=devices, batch_size=batch_size,
     )
     settings.check()
     tensor, spec, switched = check_inputs(data, spec, dims=dims, time=time,
                                           decorrelate=decorrelate)
+    settings.check_batch(int(np.prod(list(tensor.sizes.values()))))
     previous = _check_from_fit(from_fit, tensor, spec, switched)
     return _run(settings, tensor, spec, switched, previous)
 

@@ -113,6 +113,7 @@ class FitSettings:
     coefficient_refreshes: int | str = "auto"
     progress_bar: bool = False
     devices: Any = "auto"
+    batch_size: int | None = None
 
     def check(self) -> None:
         """Raises ``TypeError``/``ValueError`` naming the first bad setting and the fix."""
@@ -129,6 +130,21 @@ class FitSettings:
         check_flag("stop_at_plateau", self.stop_at_plateau)
         check_flag("progress_bar", self.progress_bar)
         resolve_devices(self.devices)
+        if self.batch_size is not None:
+            check_positive_int("batch_size", self.batch_size)
+            if self.method == "exact":
+                raise ValueError(
+                    "batch_size subsamples cells for SVI; method='exact' uses every cell. "
+                    "Drop batch_size, or use method='svi'."
+                )
+
+    def check_batch(self, cells: int) -> None:
+        """Raises ``ValueError`` for a batch larger than the tensor's ``cells``."""
+        if self.batch_size is not None and self.batch_size > cells:
+            raise ValueError(
+                f"batch_size={self.batch_size} exceeds the tensor's {cells} cells; pass at "
+                f"most {cells} (or None for every cell)."
+            )
 
     @property
     def svi_steps(self) -> int:

@@ -60,9 +60,10 @@ def train(
     Raises:
         NonFiniteLoss: with advice matching the settings (:func:`nan_hint`).
     """
-    model = TensorModel(spec, data.sizes)
+    model = TensorModel(spec, data.sizes, batch_size=settings.batch_size)
     start = resolve_svi_start(settings.svi_start, model)
-    surrogate = model.gaussian_surrogate()  # the start's Gaussian analysis (Student-t)
+    # the start's Gaussian analysis: every cell (Student-t: its Gaussian surrogate)
+    surrogate = model.gaussian_surrogate().full_batch()
     steps = settings.svi_steps
     refresh = (refresh_steps(settings.coefficient_refreshes, start, steps)
                if model.decorrelation_config(switched) else ())  # plain: nothing to refit
@@ -127,7 +128,8 @@ def record_of(
         sites = tuple(svi.start.point)  # every latent site, model coordinates
         svi_record = SVIRecord(learning_rate=float(settings.learning_rate),
                                guide=settings.guide,
-                               custom_optimizer=settings.optimizer is not None)
+                               custom_optimizer=settings.optimizer is not None,
+                               batch_size=settings.batch_size)
     effects = tuple(e.name for e in model.spec.effects if e.name not in sites)  # e.g. scans
     return FitRecord(
         key=tuple(int(k) for k in np.asarray(key)), sites=tuple(sites),
@@ -140,7 +142,13 @@ def svi_info(svi: SVIFit) -> dict[str, Any]:
     """The facts about SVI that a fit reports in ``info``."""
     return {"svi_steps": len(svi.run.losses), "svi_stopped": svi.run.stopped,
             "svi_seconds": svi.run.seconds, "svi_refreshes": [int(s) for s in svi.refreshes],
-            "devices": devices_used(svi.args)}
+            "devices": devices_used(svi.args), "batch_size": model_batch(svi)}
+
+
+def model_batch(svi: SVIFit) -> int | None:
+    """Cells per SVI minibatch of a trained guide (``None``: every cell)."""
+    inner = getattr(getattr(svi.model, "decorrelated", svi.model), "fn", None)
+    return getattr(inner, "batch_size", None)
 
 
 def devices_used(args: tuple) -> int:
@@ -207,7 +215,7 @@ def _restore(fit: Fit, optimizer: Any, resumable: bool) -> SVIFit:
     elif optimizer is None:
         optimizer = optimizer_of(record)
         shared = optimizer_key(record.learning_rate, record.guide == "normal")
-    model = TensorModel(fit.spec, fit.data.sizes)
+    model = TensorModel(fit.spec, fit.data.sizes, batch_size=record.batch_size)
     return restore_svi(
         model.decorrelated(fit.decorrelate), *model_arguments(fit.data, devices_of(fit)),
         coefficients=fit.coefficients, guide=record.guide, optimizer=optimizer,

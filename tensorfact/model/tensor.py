@@ -32,6 +32,7 @@ import numpyro.distributions as dist
 from jax import Array
 
 import reparam
+from tensorfact.model.minibatch import observe_batch
 from tensorfact.model.priors import AR1, DriftRandomWalk, scale_prior
 from tensorfact.model.temporal import sample_scan_effect, start_point, step_sites
 from tensorfact.spec import (
@@ -87,27 +88,43 @@ class TensorModel:
     Args:
         spec: the model specification.
         sizes: dim name -> length, for the three data dims.
+        surrogate: Gaussian likelihood of the Student-t's Fisher information (the start).
+        batch_size: observe a random minibatch of this many cells per evaluation, scaled to
+            be unbiased (:mod:`tensorfact.model.minibatch`); ``None``: every cell.
     """
 
     def __init__(
-        self, spec: ModelSpec, sizes: Mapping[str, int], *, surrogate: bool = False
+        self,
+        spec: ModelSpec,
+        sizes: Mapping[str, int],
+        *,
+        surrogate: bool = False,
+        batch_size: int | None = None,
     ) -> None:
         self.spec = spec
         self.sizes = {d: int(sizes[d]) for d in spec.dims}
         self.surrogate = surrogate
+        self.batch_size = batch_size
 
     def gaussian_surrogate(self) -> TensorModel:
         """The same sites with a Gaussian likelihood of the Student-t's Fisher information
         (:func:`fisher_scale`); ``self`` for Normal noise. Used only to compute SVI's start."""
         if self.spec.noise.family == "normal":
             return self
-        return TensorModel(self.spec, self.sizes, surrogate=True)
+        return TensorModel(self.spec, self.sizes, surrogate=True, batch_size=self.batch_size)
+
+    def full_batch(self) -> TensorModel:
+        """The same model observing every cell (``self`` without minibatches)."""
+        if self.batch_size is None:
+            return self
+        return TensorModel(self.spec, self.sizes, surrogate=self.surrogate)
 
     def program_key(self) -> tuple:
         """What determines this model's computation apart from its array arguments: the
         specification, the dim sizes and the surrogate switch (used by
         :func:`reparam.programs.model_key` to share compiled programs)."""
-        return ("TensorModel", self.spec, tuple(self.sizes.items()), self.surrogate)
+        return ("TensorModel", self.spec, tuple(self.sizes.items()), self.surrogate,
+                self.batch_size)
 
     # -- structure ---------------------------------------------------------------------------
     @property
@@ -129,7 +146,7 @@ class TensorModel:
         spec, time = self.spec, self.spec.time
         num_steps = self.sizes[time]
         hyper = self._sample_hyperparameters()
-        loc = 0.0
+        loc, terms = 0.0, []
         for effect in spec.effects:
             dims = spec.effect_dims(effect)
             shape = self.shape_of(dims)
@@ -143,21 +160,30 @@ class TensorModel:
                 value = numpyro.sample(effect.name, prior.to_event(len(shape)))
             else:
                 value = self._sample_temporal(effect, shape[:-1], num_steps, hyper)
-            loc = loc + to_data_axes(value, dims, spec.dims)
-        sigma = hyper["sigma"]
-        if spec.noise.per_series:
-            sigma = to_data_axes(hyper["sigma_series"], spec.other_dims, spec.dims)
+            if self.batch_size is None:
+                loc = loc + to_data_axes(value, dims, spec.dims)
+            terms.append((value, dims))
+        scales = [(hyper["sigma_series"], spec.other_dims) if spec.noise.per_series
+                  else (hyper["sigma"], ())]
         if spec.noise.time_by is not None:
-            factor = jnp.exp(hyper["log_sigma_time"])
-            sigma = sigma * to_data_axes(factor, (spec.noise.time_by, time), spec.dims)
+            scales.append((jnp.exp(hyper["log_sigma_time"]), (spec.noise.time_by, time)))
+        likelihood = functools.partial(self._likelihood, hyper)
+        if self.batch_size is not None:
+            observe_batch(y, mask, spec.dims, terms, scales, likelihood, self.batch_size)
+            return
+        sigma = 1.0
+        for value, dims in scales:
+            sigma = sigma * to_data_axes(value, dims, spec.dims)
         loc = jnp.broadcast_to(loc, mask.shape)
-        if spec.noise.family == "normal":
-            likelihood = dist.Normal(loc, sigma)
-        elif self.surrogate:
-            likelihood = dist.Normal(loc, fisher_scale(sigma, hyper["df"]))
-        else:
-            likelihood = dist.StudentT(hyper["df"], loc, sigma)
-        numpyro.sample("y", likelihood.mask(mask).to_event(3), obs=y)
+        numpyro.sample("y", likelihood(loc, sigma).mask(mask).to_event(3), obs=y)
+
+    def _likelihood(self, hyper: Mapping[str, Array], loc: Array, sigma: Array):
+        """The distribution of the cells with location ``loc`` and noise scale ``sigma``."""
+        if self.spec.noise.family == "normal":
+            return dist.Normal(loc, sigma)
+        if self.surrogate:
+            return dist.Normal(loc, fisher_scale(sigma, hyper["df"]))
+        return dist.StudentT(hyper["df"], loc, sigma)
 
     def _sample_hyperparameters(self) -> dict[str, Array]:
         hyper = {}

@@ -20,11 +20,13 @@ class SVIRecord:
         learning_rate: the default optimizer's learning rate.
         guide: ``"normal"`` or ``"lowrank"``.
         custom_optimizer: trained with a user's ``optimizer=`` (which cannot be saved).
+        batch_size: cells per minibatch (``None``: every cell).
     """
 
     learning_rate: float
     guide: str
     custom_optimizer: bool = False
+    batch_size: int | None = None
 
 
 @dataclass(frozen=True)
