@@ -20,6 +20,8 @@ Layout (``docs/design.md`` has the maths):
 
 from reparam.family import ChildFamily, ParentCoupling, Structure
 from reparam.handler import Affine, DecorrelateMessenger, decorrelate, freeze
+from reparam.infer.pmmh import pmmh
+from reparam.infer.smc import particle_filter
 from reparam.local.analysis import LocalGaussian, gaussian_coefficients, optimal_factor
 from reparam.local.ceiling import Ceiling, ceiling
 from reparam.local.laplace import LaplaceMode, laplace_mode
@@ -69,6 +71,8 @@ __all__ = [
     "laplace_mode",
     "linear_plan",
     "optimal_factor",
+    "particle_filter",
+    "pmmh",
     "relative_steps",
     "scan_reparam",
 ]
