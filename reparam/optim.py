@@ -89,6 +89,7 @@ def minimize(
     max_iterations: int = 200,
     tolerance: float = 1e-6,
     callback: Callable[[int, float], None] | None = None,
+    value_and_grad: Callable[..., tuple[Array, Any]] | None = None,
 ) -> Minimum:
     """Minimises a smooth JAX function by L-BFGS (SciPy's L-BFGS-B, no bounds) on its value and
     gradient compiled once, until the gradient's max-norm is below ``tolerance``, the relative
@@ -108,13 +109,21 @@ def minimize(
         max_iterations: iteration limit.
         tolerance: stop once ``max |grad| <= tolerance``.
         callback: called as ``callback(iteration, value)`` after each iteration.
+        value_and_grad: ``(fun(x, *args), its gradient)`` already compiled (e.g. a program
+            shared between fits); default: ``fun``'s, compiled here.
     """
     flat0, unflatten = ravel_pytree(x0)
     dtype = flat0.dtype
-    value_and_grad = jax.jit(jax.value_and_grad(lambda flat, *a: fun(unflatten(flat), *a)))
+    if value_and_grad is None:
+        flat_value_and_grad = jax.jit(
+            jax.value_and_grad(lambda flat, *a: fun(unflatten(flat), *a)))
+    else:
+        def flat_value_and_grad(flat, *a):
+            value, grad = value_and_grad(unflatten(flat), *a)
+            return value, ravel_pytree(grad)[0]
 
     def evaluate(flat: np.ndarray) -> tuple[float, np.ndarray]:
-        value, grad = value_and_grad(jnp.asarray(flat, dtype), *args)
+        value, grad = flat_value_and_grad(jnp.asarray(flat, dtype), *args)
         return float(value), np.asarray(grad, np.float64)
 
     value0, grad0 = evaluate(np.asarray(flat0))

@@ -15,7 +15,7 @@ unconstrained ``h``; the inverse Hessian there gives its local spread.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +62,33 @@ class LaplaceMode:
     iterations: int
 
 
+def _objective(local: LocalGaussian, unflatten: Callable) -> tuple[Callable, Callable]:
+    """``(objective, fun)`` as programs of the model's arguments (``f(args, kwargs, ...)``,
+    :meth:`LocalGaussian._compiled`): ``objective(other, unconstrained)`` is the negative
+    Laplace objective ``-log p(y, x_h, h) + 1/2 log det P(h)`` at the involved sites' Newton
+    step ``x_h``, with ``x_h`` (rotated coordinates); ``fun(flat, unconstrained)`` its value at
+    the flattened other sites."""
+    plan, model = local.plan, local.model
+
+    def objective(args, kwargs, other: dict[str, Array], unconstrained: dict[str, Array]):
+        base = {**unconstrained, **other}
+        z0 = plan.rotate(plan.join({s.name: base[s.name] for s in plan.sites}))
+
+        def potential(z_flat):
+            values = plan.split(plan.rotate(z_flat, inverse=True))
+            return potential_energy(model.fn, args, kwargs, {**base, **values})
+
+        gradient = jax.grad(potential)(z0)
+        chol = jnp.linalg.cholesky(jax.hessian(potential)(z0))
+        step = jax.scipy.linalg.cho_solve((chol, True), gradient)
+        return potential(z0 - step) + jnp.sum(jnp.log(jnp.diag(chol))), z0 - step
+
+    def fun(args, kwargs, flat: Array, unconstrained: dict[str, Array]) -> Array:
+        return objective(args, kwargs, unflatten(flat), unconstrained)[0]
+
+    return objective, fun
+
+
 def laplace_mode(
     local: LocalGaussian, point: Mapping[str, Any], *, max_iterations: int = 200
 ) -> LaplaceMode:
@@ -75,52 +102,42 @@ def laplace_mode(
     Raises:
         ValueError: if the objective is not finite at ``point``.
     """
-    plan, model = local.plan, local.model
-    args, kwargs = local.args, local.kwargs
+    plan = local.plan
     involved = {s.name for s in plan.sites}
-
-    def objective(other: dict[str, Array], unconstrained: dict[str, Array]) -> Array:
-        base = {**unconstrained, **other}
-        z0 = plan.rotate(plan.join({s.name: base[s.name] for s in plan.sites}))
-
-        def potential(z_flat):
-            values = plan.split(plan.rotate(z_flat, inverse=True))
-            return potential_energy(model.fn, args, kwargs, {**base, **values})
-
-        gradient = jax.grad(potential)(z0)
-        chol = jnp.linalg.cholesky(jax.hessian(potential)(z0))
-        step = jax.scipy.linalg.cho_solve((chol, True), gradient)
-        return potential(z0 - step) + jnp.sum(jnp.log(jnp.diag(chol))), z0 - step
 
     with jax.enable_x64(True):
         unconstrained = local.unconstrained(as_float64(point))
         names = sorted(k for k in unconstrained if k not in involved)
         x0, unflatten = ravel_pytree({k: unconstrained[k] for k in names})
         x0 = np.asarray(x0)
-
-        def fun(flat, unconstrained):
-            return objective(unflatten(flat), unconstrained)[0]
-
-        value0 = float(jax.jit(fun)(jnp.asarray(x0), unconstrained))
+        # compiled once per model, plan and argument shapes (reparam.programs.PROGRAMS): a
+        # second fit of the same model shape reuses them (the model's arguments are traced)
+        objective, fun = _objective(local, unflatten)
+        evaluate = local._compiled("laplace_value", lambda: fun)
+        value0 = float(evaluate(jnp.asarray(x0), unconstrained))
         if not np.isfinite(value0):
             raise ValueError(
                 "The Laplace objective is not finite at the starting point; give starting "
                 "values inside the support with a positive-definite local precision."
             )
         if names:
-            result = minimize(fun, jnp.asarray(x0), args=(unconstrained,),
-                              max_iterations=max_iterations)
+            value_and_grad = local._compiled(
+                "laplace_value_and_grad", lambda: jax.value_and_grad(fun, argnums=2))
+            result = minimize(evaluate, jnp.asarray(x0), args=(unconstrained,),
+                              max_iterations=max_iterations, value_and_grad=value_and_grad)
             best, value, iterations = result.x, result.value, result.iterations
             sd_flat = np.full(len(x0), np.nan)
             if len(x0) <= MAX_SPREAD_DIM:  # exact Hessian of the objective at the mode
-                hessian = jax.jit(jax.hessian(fun))(best, unconstrained)
-                sd_flat = _spread(np.asarray(hessian, np.float64))
+                hessian = local._compiled("laplace_hessian",
+                                          lambda: jax.hessian(fun, argnums=2))
+                sd_flat = _spread(np.asarray(hessian(best, unconstrained), np.float64))
         else:  # nothing to optimise: the mode is the involved sites' Newton step
             best, value, iterations, sd_flat = jnp.asarray(x0), value0, 0, np.zeros(0)
         other = unflatten(best)
-        _, z_mode = jax.jit(objective)(other, unconstrained)
+        _, z_mode = local._compiled("laplace_mode", lambda: objective)(other, unconstrained)
         values = plan.split(plan.rotate(z_mode, inverse=True))
-        constrained = constrain_fn(model.fn, args, kwargs, {**unconstrained, **other, **values})
+        constrained = constrain_fn(local.model.fn, local.args, local.kwargs,
+                                   {**unconstrained, **other, **values})
         return LaplaceMode(
             point={k: np.asarray(v) for k, v in constrained.items()},
             unconstrained_sd={k: np.asarray(v) for k, v in unflatten(jnp.asarray(sd_flat)).items()},

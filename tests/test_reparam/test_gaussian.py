@@ -15,6 +15,7 @@ from numpyro.infer.initialization import init_to_value
 from scipy import optimize, stats
 
 import reparam
+from reparam.programs import PROGRAMS
 from tests.test_reparam.models import (
     PANEL_DIMS,
     panel_data,
@@ -121,19 +122,20 @@ def test_svi_learns_the_conditional_coefficient():
     np.testing.assert_allclose([draws["mu"].std(), draws["a"].std()], exact_sd, rtol=0.1)
 
 
-def test_laplace_mode_matches_collapsed_posterior_mode():
-    """a_k ~ N(0, s), y_k ~ N(a_k, 1): p(y | s) = prod N(y_k; 0, sqrt(1 + s^2)) exactly."""
-    y = jnp.asarray([1.2, -0.4, 2.5, 0.3, -1.8, 0.9, 1.4, -0.7])
+class _ScaleModel:
+    """a_k ~ N(0, s), y_k ~ N(a_k, 1), s ~ HalfNormal(2): p(y | s) = prod N(y_k; 0, sqrt(1 + s^2))
+    exactly. It names its computation (``program_key``), so its compiled programs are shared."""
 
-    def model(y):
+    def __call__(self, y):
         s = numpyro.sample("s", dist.HalfNormal(2.0))
         a = numpyro.sample("a", dist.Normal(0.0, s).expand([8]).to_event(1))
         numpyro.sample("y", dist.Normal(a, 1.0).to_event(1), obs=y)
 
-    decorrelated = reparam.decorrelate(model, {"a": []})
-    local = reparam.LocalGaussian(decorrelated, {"s": 1.0, "a": jnp.zeros(8)}, y)
-    mode = reparam.laplace_mode(local, {"s": 1.0, "a": jnp.zeros(8)})
+    def program_key(self):
+        return ("test_gaussian", "scale model")
 
+
+def _check_collapsed_mode(mode, y):
     def negative_log_posterior(log_s):
         s = np.exp(log_s)
         return -(
@@ -147,6 +149,36 @@ def test_laplace_mode_matches_collapsed_posterior_mode():
     # the decorrelated sites sit at their conditional mean given s*
     s2 = float(mode.point["s"]) ** 2
     np.testing.assert_allclose(mode.point["a"], np.asarray(y) * s2 / (1 + s2), rtol=1e-5)
+
+
+def test_laplace_mode_matches_collapsed_posterior_mode():
+    """The mode of the unconstrained log s under p(y | s) p(s) (closed form above)."""
+    y = jnp.asarray([1.2, -0.4, 2.5, 0.3, -1.8, 0.9, 1.4, -0.7])
+
+    def model(y):
+        _ScaleModel()(y)
+
+    decorrelated = reparam.decorrelate(model, {"a": []})
+    start = {"s": 1.0, "a": jnp.zeros(8)}
+    _check_collapsed_mode(reparam.laplace_mode(reparam.LocalGaussian(decorrelated, start, y),
+                                               start), y)
+
+
+def test_laplace_programs_are_shared_and_take_the_data_as_argument():
+    """Two analyses of one named model with different data compile the Laplace programs once
+    (the second adds nothing to the process cache) and each finds its own data's mode."""
+    decorrelated = reparam.decorrelate(_ScaleModel(), {"a": []})
+    start = {"s": 1.0, "a": jnp.zeros(8)}
+    first_y = jnp.asarray([1.2, -0.4, 2.5, 0.3, -1.8, 0.9, 1.4, -0.7])
+    first = reparam.LocalGaussian(decorrelated, start, first_y)
+    _check_collapsed_mode(reparam.laplace_mode(first, start), first_y)
+    cached = len(PROGRAMS)
+    second_y = 3.0 * first_y + 1.0
+    second = reparam.LocalGaussian(decorrelated, start, second_y)
+    _check_collapsed_mode(reparam.laplace_mode(second, start), second_y)
+    assert len(PROGRAMS) == cached
+    for name in ("laplace_value", "laplace_value_and_grad", "laplace_hessian", "laplace_mode"):
+        assert second._jitted[name] is first._jitted[name], name
 
 
 def test_relative_steps_scale_location_updates():
