@@ -11,6 +11,8 @@ floor checks of the SMC issue, against exact oracles, in one process.
    ``experiments/state_space_reference.py`` (NUTS on the Kalman marginal likelihood, float64):
    means within 2 Monte Carlo standard errors (``sqrt(mcse_pmmh^2 + mcse_ref^2)``, bulk ESS
    from ArviZ), sds within +-20%; wall time and min ESS/s beside NUTS on the same scan model.
+   PMMH with 100 particles sticks where the filter's log Z^ is noisiest (sd 1.5-2.6 there,
+   0.9 at the posterior centre): r's sd came out 0.72x exact, 0.81x with 400 (the default).
 3. A nonlinear model, stochastic volatility (``h_t ~ N(m + phi (h_{t-1} - m), s)``,
    ``y_t ~ N(0, exp(h_t / 2))``, simulated, T = 150): PMMH (with one smoothed path per draw)
    against a long NUTS run on the same model (non-centred ``h`` via ``reparam.scan_reparam``):
@@ -20,7 +22,7 @@ floor checks of the SMC issue, against exact oracles, in one process.
 
 Writes ``results.json``, ``table.md`` and ``smc.png`` to ``--out``.
 
-    python experiments/smc_benchmark.py --out results/smc [--quick]
+    python experiments/smc_benchmark.py --out results/smc [--quick] [--pmmh-particles 400]
 """
 
 from __future__ import annotations
@@ -125,7 +127,7 @@ def mcse_check(draws: dict, reference: dict, sites, k_mcse: float, sd_tol: float
     return rows
 
 
-def pmmh_checks(y: jax.Array, quick: bool) -> dict:
+def pmmh_checks(y: jax.Array, quick: bool, particles: int) -> dict:
     """Item 2: PMMH vs the exact reference, wall time and ESS/s beside NUTS."""
     warmup, samples = (500, 1000) if quick else (1000, 3000)
     ref_draws, ref_run = exact_reference(y, seed=2, warmup=500 if quick else 1000,
@@ -133,7 +135,7 @@ def pmmh_checks(y: jax.Array, quick: bool) -> dict:
                                          chains=4 if quick else 8)
     ref = ref_draws
     ref_chains = {k: np.asarray(ref_run.samples[k]) for k in PARAMS}
-    run = reparam.pmmh(state_space, y, num_particles=100, proposal="optimal",
+    run = reparam.pmmh(state_space, y, num_particles=particles, proposal="optimal",
                        rng_key=jax.random.PRNGKey(3), num_warmup=warmup, num_samples=samples,
                        num_chains=4)
     rows = mcse_check(run.samples, ref_chains, PARAMS, 2.0, 0.2)
@@ -146,7 +148,7 @@ def pmmh_checks(y: jax.Array, quick: bool) -> dict:
     return {
         "pmmh": {"rows": rows, "seconds": run.seconds, "min_ess": pmmh_ess,
                  "ess_per_s": pmmh_ess / run.seconds, "accept_rate": run.accept_rate.tolist(),
-                 "particles": 100, "proposal": "optimal", "chains": 4, "warmup": warmup,
+                 "particles": particles, "proposal": "optimal", "chains": 4, "warmup": warmup,
                  "samples": samples, "log_z_sd_at_draws": float(run.log_evidence.std())},
         "nuts": {"rows": nuts_rows, "seconds": d.seconds, "min_ess": d.min_ess,
                  "ess_per_s": d.ess_per_second, "divergences": d.divergences,
@@ -259,11 +261,11 @@ def plot(path: Path, curves: dict, pm: dict, sv: dict) -> None:
     plt.close(fig)
 
 
-def run(out: Path, quick: bool) -> dict:
+def run(out: Path, quick: bool, pmmh_particles: int = 400) -> dict:
     y = simulate(100, seed=0)
     start = time.perf_counter()
     fixed_rows, curves = fixed_parameter_checks(y, 1000, 20)
-    pm = pmmh_checks(y, quick)
+    pm = pmmh_checks(y, quick, pmmh_particles)
     sv = sv_checks(quick)
     results = {"quick": quick, "fixed": fixed_rows, "pmmh": pm["pmmh"], "nuts": pm["nuts"],
                "reference": pm["reference"],
@@ -275,7 +277,8 @@ def run(out: Path, quick: bool) -> dict:
                               "mean_err_max_z", "mean_abs_err/sd", "sd_ratio_min",
                               "sd_ratio_max", "min_ess", "ms_per_filter",
                               "ns_per_particle_step"]),
-        "## 2. PMMH (optimal proposal, 100 particles) vs exact reference; NUTS on the scan "
+        f"## 2. PMMH (optimal proposal, {pmmh_particles} particles) vs exact reference; NUTS "
+        "on the scan "
         "model beside it (means within 2 MCSE, sds within ±20%)",
         markdown([{"method": "PMMH", **r} for r in pm["pmmh"]["rows"]]
                  + [{"method": "NUTS", **r} for r in pm["nuts"]["rows"]],
@@ -311,9 +314,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--quick", action="store_true", help="shorter chains")
+    parser.add_argument("--pmmh-particles", type=int, default=400,
+                        help="particles of the forum model's PMMH (100: r's sd 0.72x exact)")
     args = parser.parse_args()
     start = time.perf_counter()
-    run(args.out, args.quick)
+    run(args.out, args.quick, args.pmmh_particles)
     print(f"total {time.perf_counter() - start:.0f} s")
 
 
