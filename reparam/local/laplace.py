@@ -79,10 +79,10 @@ class LaplaceMode:
 
 def _objective(local: LocalGaussian, unflatten: Callable) -> tuple[Callable, Callable]:
     """``(objective, fun)`` as programs of the model's arguments (``f(args, kwargs, ...)``,
-    :meth:`LocalGaussian._compiled`): ``objective(other, unconstrained)`` is the negative
-    Laplace objective ``-log p(y, x_h, h) + 1/2 log det P(h)`` at the involved sites' Newton
-    step ``x_h``, with ``x_h`` (rotated coordinates); ``fun(flat, unconstrained)`` its value at
-    the flattened other sites."""
+    :meth:`LocalGaussian._compiled`): ``objective(other, unconstrained)`` returns the negative
+    Laplace objective ``-log p(y, x_h, h) + 1/2 log det P(h)`` and ``x_h``, the involved sites'
+    Newton step (rotated coordinates); ``fun(flat, unconstrained)`` is that value at the
+    flattened other sites ``h``."""
     plan, model = local.plan, local.model
 
     def objective(args, kwargs, other: dict[str, Array], unconstrained: dict[str, Array]):
