@@ -26,7 +26,7 @@ from jax import Array
 from jax.flatten_util import ravel_pytree
 from numpyro.infer.util import constrain_fn, potential_energy
 
-from reparam.local.analysis import LocalGaussian, as_float64
+from reparam.local.analysis import LocalGaussian, as_float64, check_dense_fits
 from reparam.optim import minimize
 
 MAX_SPREAD_DIM = 64
@@ -115,9 +115,11 @@ def laplace_mode(
         max_iterations: L-BFGS iteration limit (:func:`reparam.optim.minimize`).
 
     Raises:
-        ValueError: if the objective is not finite at ``point``.
+        ValueError: if the objective is not finite at ``point``, or the involved sites' dense
+            precision would not fit in memory (:func:`~reparam.local.analysis.check_dense_fits`).
     """
     plan = local.plan
+    check_dense_fits(plan.dim)  # its objective holds the involved sites' dense Hessian
     involved = {s.name for s in plan.sites}
 
     with jax.enable_x64(True):

@@ -157,7 +157,8 @@ def _check_collapsed_mode(mode, y):
 
 
 def test_laplace_mode_matches_collapsed_posterior_mode():
-    """The mode of the unconstrained log s under p(y | s) p(s) (closed form above)."""
+    """The mode of the unconstrained log s under p(y | s) p(s) (closed form above), for a
+    plain-function model (no program key: compiled for this analysis only)."""
     y = jnp.asarray([1.2, -0.4, 2.5, 0.3, -1.8, 0.9, 1.4, -0.7])
 
     def model(y):
@@ -184,6 +185,19 @@ def test_laplace_programs_are_shared_and_take_the_data_as_argument():
     assert len(PROGRAMS) == cached
     for name in ("laplace_value", "laplace_value_and_grad", "laplace_mode"):
         assert second._jitted[name] is first._jitted[name], name
+
+
+def test_laplace_mode_refuses_a_dense_precision_that_cannot_fit():
+    """The Laplace objective holds the involved sites' dense Hessian: too large a one is a
+    clear error before anything is traced (the size here is made to look too large)."""
+    from unittest import mock
+
+    decorrelated = reparam.decorrelate(_ScaleModel(), {"a": []})
+    start = {"s": 1.0, "a": jnp.zeros(8)}
+    local = reparam.LocalGaussian(decorrelated, start, jnp.ones(8))
+    with mock.patch("reparam.local.analysis.dense_bytes", return_value=2**80), \
+            pytest.raises(ValueError, match="dense matrices.*decorrelate=False"):
+        reparam.laplace_mode(local, start)
 
 
 def test_relative_steps_scale_location_updates():
