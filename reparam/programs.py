@@ -83,6 +83,49 @@ def shareable(arrays: Any) -> bool:
                for x in jax.tree.leaves(arrays)) <= SHARE_MAX_BYTES
 
 
+@dataclass(frozen=True)
+class Arguments:
+    """Model arguments split for a compiled program: array leaves (NumPy or JAX) are traced
+    inputs, so new values of the same shapes reuse the program; other leaves (Python numbers,
+    strings, ...) are its constants.
+
+    Attributes:
+        treedef: the tree structure of ``(args, kwargs)``.
+        traced: per leaf, whether it is traced.
+        fixed: the constant leaves.
+        arrays: the traced leaves.
+    """
+
+    treedef: Any
+    traced: tuple[bool, ...]
+    fixed: tuple
+    arrays: tuple
+
+    @classmethod
+    def split(cls, args: tuple, kwargs: Mapping[str, Any]) -> Arguments:
+        leaves, treedef = jax.tree.flatten((tuple(args), dict(kwargs)))
+        traced = tuple(isinstance(x, (np.ndarray, np.generic, jax.Array)) for x in leaves)
+        fixed = tuple(x for x, t in zip(leaves, traced, strict=True) if not t)
+        arrays = tuple(x for x, t in zip(leaves, traced, strict=True) if t)
+        return cls(treedef, traced, fixed, arrays)
+
+    def join(self, arrays: tuple) -> tuple[tuple, dict]:
+        """``(args, kwargs)`` with the traced leaves replaced by ``arrays``."""
+        given, constant = iter(arrays), iter(self.fixed)
+        leaves = [next(given) if t else next(constant) for t in self.traced]
+        return jax.tree.unflatten(self.treedef, leaves)
+
+    @property
+    def key(self) -> tuple:
+        """What of the arguments a program depends on: structure, constants and shapes."""
+        shapes = tuple((np.shape(a), str(a.dtype)) for a in self.arrays)
+        return (self.treedef, self.traced, self.fixed, shapes)
+
+    @property
+    def shareable(self) -> bool:
+        return shareable(self.arrays)
+
+
 class ProgramCache:
     """A least-recently-used map :class:`ProgramKey` -> compiled program."""
 

@@ -23,7 +23,8 @@ from numpy.typing import ArrayLike
 from numpyro.infer import SVI, Trace_ELBO
 from tqdm.auto import tqdm
 
-from reparam.programs import PROGRAMS, ProgramKey, model_key, shareable
+from reparam.infer.guide_init import initial_state
+from reparam.programs import PROGRAMS, Arguments, ProgramKey, model_key
 
 
 @dataclass(frozen=True)
@@ -146,20 +147,17 @@ class SVIRunner:
                 :data:`~reparam.programs.SHARE_MAX_BYTES`).
             num_particles: ELBO particles of ``svi.loss`` (part of the key).
         """
-        leaves, treedef = jax.tree.flatten((tuple(args), dict(kwargs)))
-        traced = tuple(isinstance(x, (np.ndarray, np.generic, jax.Array)) for x in leaves)
-        fixed = tuple(x for x, t in zip(leaves, traced, strict=True) if not t)
-        arrays = tuple(x for x, t in zip(leaves, traced, strict=True) if t)
+        arguments = Arguments.split(args, kwargs)
         model = model_key(svi.model)
         key = None
-        if optimizer_key is not None and model is not None and shareable(arrays):
+        if optimizer_key is not None and model is not None and arguments.shareable:
             key = ProgramKey(
                 kind="svi_chunk", model=model,
                 settings=(type(svi.guide).__name__, optimizer_key, num_particles, chunk),
-                arguments=(treedef, traced, fixed),
+                arguments=arguments.key[:3],
             )
-        run_chunk = PROGRAMS.get(key, lambda: _compile_chunk(svi, treedef, traced, fixed))
-        return cls(svi=svi, run_chunk=run_chunk, chunk=chunk, arrays=arrays)
+        run_chunk = PROGRAMS.get(key, lambda: _compile_chunk(svi, arguments))
+        return cls(svi=svi, run_chunk=run_chunk, chunk=chunk, arrays=arguments.arrays)
 
     def advance(self, state: Any, steps: int) -> tuple[Any, np.ndarray]:
         """Runs ``steps <= chunk`` steps (one compiled chunk, the rest masked)."""
@@ -167,15 +165,13 @@ class SVIRunner:
         return state, np.asarray(losses)[:steps]
 
 
-def _compile_chunk(svi: SVI, treedef: Any, traced: tuple[bool, ...], fixed: tuple) -> Callable:
+def _compile_chunk(svi: SVI, arguments: Arguments) -> Callable:
     """``svi.update`` scanned over a chunk of steps; where ``active`` is false a step is
     masked out (the state, random key included, is left unchanged)."""
 
     @jax.jit
     def run_chunk(state, length_mask, arrays):
-        given, constant = iter(arrays), iter(fixed)
-        leaves = [next(given) if t else next(constant) for t in traced]
-        args, kwargs = jax.tree.unflatten(treedef, leaves)
+        args, kwargs = arguments.join(arrays)
 
         def body(state, active):
             new_state, loss = svi.update(state, *args, **kwargs)
@@ -258,7 +254,8 @@ def run_svi(
         rng_key: PRNG key (ignored when resuming from ``state``).
         num_steps: step limit.
         stopping: optional :class:`Plateau` rule.
-        init_params: initial params for ``SVI.init`` (constrained).
+        init_params: initial params for ``SVI.init`` (constrained). ``SVI.init`` runs
+            compiled for an ``AutoNormal`` guide (:func:`reparam.infer.guide_init.initial_state`).
         state: an ``SVIState`` to continue from instead of the initial one (``SVI.init``
             still runs, to set up the guide; :func:`continue_svi` continues a run without it),
             or a function of the initial state returning the state to start from (e.g. one
@@ -282,7 +279,7 @@ def run_svi(
             parameters of the last step with a finite loss.
     """
     svi = SVI(model, guide, optimizer, Trace_ELBO(num_particles=num_particles))
-    initial = svi.init(rng_key, *args, init_params=init_params, **kwargs)
+    initial = initial_state(svi, rng_key, args, kwargs, init_params, optimizer_key)
     if callable(state):
         state = state(initial)
     state = initial if state is None else state

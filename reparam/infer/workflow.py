@@ -29,13 +29,14 @@ from numpyro.infer.autoguide import AutoGuide, AutoLowRankMultivariateNormal, Au
 from numpyro.infer.initialization import init_to_value
 
 from reparam.handler import DecorrelateMessenger, freeze
+from reparam.infer.guide_init import initial_state
 from reparam.infer.nuts import NUTSRun, run_nuts
 from reparam.infer.refresh import train_with_refreshes
 from reparam.infer.svi import Plateau, SVIRun, SVIRunner, continue_svi
 from reparam.local.analysis import LocalGaussian
 from reparam.names import AUX_SUFFIX
 from reparam.optim import relative_steps
-from reparam.programs import PROGRAMS, ProgramKey, model_key, shareable
+from reparam.programs import PROGRAMS, Arguments, ProgramKey, model_key, shareable
 from reparam.start import Initialization, initialize
 
 GuideKind = Literal["normal", "lowrank"]  # tensorfact.methods.settings reads this one
@@ -109,19 +110,43 @@ class SVIFit:
 
     def median_point(self) -> dict[str, np.ndarray]:
         """All latent model sites at the guide's median (model coordinates), with the
-        coefficients in use (trained ones included, for ``coefficient_learning_rate > 0``)."""
+        coefficients in use (trained ones included, for ``coefficient_learning_rate > 0``).
+
+        Only the guide's latent sample sites are taken from its median; every other site is
+        recomputed by the model with the current arguments (a guide's own deterministic
+        values may keep the arguments of its set-up). Runs compiled, shared by the fits of
+        the same model and argument shapes."""
         median = self.guide.median(self.run.params)
+        trace = self.guide.prototype_trace
+        latent = {k: v for k, v in median.items() if trace[k]["type"] == "sample"}
         # coefficients trained by SVI are model params: take them from the run
         params = {} if isinstance(self.model, CoefficientModel) else dict(self.run.params)
-        model = handlers.substitute(handlers.seed(self.model, 0), data={**params, **median})
-        trace = handlers.trace(model).get_trace(*self.args, **self.model_kwargs)
+        arguments = Arguments.split(self.args, self.model_kwargs)
+        model = model_key(self.model)
+        key = None
+        if model is not None and arguments.shareable:
+            key = ProgramKey(kind="point", model=model, settings=(), arguments=arguments.key)
+        point = PROGRAMS.get(key, lambda: _point_program(self.model, arguments))
+        return {k: np.asarray(v) for k, v in point({**params, **latent}, arguments.arrays).items()}
+
+
+def _point_program(model: Callable, arguments: Arguments) -> Callable:
+    """``(values, arrays) -> latent model sites`` (sample and deterministic, auxiliary ones
+    left out) of ``model`` run with ``values`` substituted, compiled."""
+
+    def point(values, arrays):
+        args, kwargs = arguments.join(arrays)
+        substituted = handlers.substitute(handlers.seed(model, 0), data=values)
+        trace = handlers.trace(substituted).get_trace(*args, **kwargs)
         return {
-            name: np.asarray(site["value"])
+            name: site["value"]
             for name, site in trace.items()
             if site["type"] in ("sample", "deterministic")
             and not site.get("is_observed", False)
             and not name.endswith(AUX_SUFFIX)
         }
+
+    return jax.jit(point)
 
 
 def _draw_program(
@@ -318,7 +343,8 @@ def restore_svi(
         autoguide = AutoLowRankMultivariateNormal(train, init_scale=0.01)
     call_kwargs = {**kwargs, "coefficients": coefficients}
     svi = SVI(train, autoguide, optimizer, Trace_ELBO())
-    template = svi.init(jax.random.PRNGKey(0), *args, **call_kwargs)
+    template = initial_state(svi, jax.random.PRNGKey(0), args, call_kwargs,
+                             optimizer_key=optimizer_key)
     if leaves is None:
         run = SVIRun(params={k: jnp.asarray(v) for k, v in dict(params or {}).items()},
                      losses=np.asarray(losses), state=None, stopped=stopped, seconds=0.0)

@@ -36,7 +36,7 @@ from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
 from reparam.decenter import prior_scale
 from reparam.handler import DecorrelateMessenger
 from reparam.local.plan import LinearPlan, linear_plan
-from reparam.programs import PROGRAMS, ProgramKey, model_key, shareable
+from reparam.programs import PROGRAMS, Arguments, ProgramKey, model_key
 
 
 class LocalGaussian:
@@ -60,10 +60,7 @@ class LocalGaussian:
         self.model = model
         self.plan = linear_plan(model, point, *args, **kwargs)
         self.args, self.kwargs = args, kwargs
-        leaves, self._treedef = jax.tree.flatten((tuple(args), dict(kwargs)))
-        self._traced = tuple(isinstance(x, (np.ndarray, np.generic, jax.Array)) for x in leaves)
-        self._fixed = tuple(x for x, t in zip(leaves, self._traced, strict=True) if not t)
-        self._arrays = tuple(x for x, t in zip(leaves, self._traced, strict=True) if t)
+        self._arguments = Arguments.split(args, kwargs)
         self._jitted: dict[str, Callable] = {}
 
     def _compiled(self, name: str, build: Callable[[], Callable]) -> Callable:
@@ -72,25 +69,20 @@ class LocalGaussian:
         analysis of the same model, plan and argument shapes in this process,
         :data:`reparam.programs.PROGRAMS`)."""
         if name not in self._jitted:
-            treedef, traced, fixed = self._treedef, self._traced, self._fixed
-            inner = build()
+            arguments, inner = self._arguments, build()
 
             def run(arrays, *inputs):
-                given, constant = iter(arrays), iter(fixed)
-                leaves = [next(given) if t else next(constant) for t in traced]
-                args, kwargs = jax.tree.unflatten(treedef, leaves)
-                return inner(args, kwargs, *inputs)
+                return inner(*arguments.join(arrays), *inputs)
 
             model = model_key(self.model)
             key = None
-            if model is not None and shareable(self._arrays):
-                shapes = tuple((np.shape(a), str(a.dtype)) for a in self._arrays)
+            if model is not None and arguments.shareable:
                 plan = tuple((site.name, site.size) for site in self.plan.sites)
                 key = ProgramKey(kind=f"local_{name}", model=model, settings=(plan,),
-                                 arguments=(treedef, traced, fixed, shapes))
+                                 arguments=arguments.key)
             self._jitted[name] = PROGRAMS.get(key, lambda: jax.jit(run))
         program = self._jitted[name]
-        return lambda *inputs: program(self._arrays, *inputs)
+        return lambda *inputs: program(self._arguments.arrays, *inputs)
 
     def unconstrained(self, point: Mapping[str, Array]) -> dict[str, Array]:
         return unconstrain_fn(self.model.fn, self.args, self.kwargs, dict(point))

@@ -60,6 +60,26 @@ def test_the_optimiser_step_count_carries_on_through_refreshes(guide):
     assert counts and set(counts) == {STEPS}, counts
 
 
+def test_the_median_point_after_refreshes_follows_the_current_coefficients():
+    """After refreshes, the model sites of ``median_point`` are those the model gives with the
+    coefficients in use, as a guide set up with them says. (The compiled guide holds copies
+    of its arguments: were they not renewed at each segment's start, its deterministic sites
+    would keep the first coefficients, off by up to 0.03 here.)"""
+    from numpyro.infer import SVI, Trace_ELBO
+    from numpyro.infer.autoguide import AutoNormal
+
+    from reparam.infer.guide_init import initial_state
+
+    svi = _refreshed("normal")._svi
+    fresh = SVI(svi.model, AutoNormal(svi.model), svi.optimizer, Trace_ELBO())
+    initial_state(fresh, jax.random.PRNGKey(0), svi.args, svi.model_kwargs)
+    expected = fresh.guide.median(svi.run.params)
+    point = svi.median_point()
+    assert point and set(point) <= set(expected)
+    for name, value in point.items():
+        np.testing.assert_allclose(value, expected[name], rtol=1e-4, atol=1e-4, err_msg=name)
+
+
 def test_the_plateau_rule_stops_a_refreshed_fit():
     """With refreshes every 1,000 steps the rule (1,000 steps at least, two 500-step windows)
     still sees the whole trace, so it can stop the fit, at a chunk boundary after a refresh."""
