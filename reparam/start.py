@@ -79,6 +79,7 @@ def initialize(
     dtype: Any = jnp.float32,
     guide_names: Mapping[str, str] | None = None,
     dense_limit: int | None = None,
+    mode: LaplaceMode | None = None,
 ) -> Initialization:
     """Computes coefficients and a matching mean-field guide at (or from) ``point``.
 
@@ -95,13 +96,24 @@ def initialize(
         dense_limit: a plain model with more involved dims starts matrix-free (module
             docstring; no Laplace step, whatever ``laplace`` says). Default
             :data:`DENSE_LIMIT`.
+        mode: the Laplace mode of the sites not decorrelated, computed by the caller (e.g.
+            from an exact marginal likelihood that needs no dense matrix); it replaces
+            :func:`~reparam.local.laplace.laplace_mode` (for ``laplace=True``). Its sites must
+            be sites of ``point`` that the analysis does not involve.
+
+    Raises:
+        ValueError: if ``mode`` holds an involved site or one ``point`` lacks.
     """
     limit = DENSE_LIMIT if dense_limit is None else dense_limit
     if not local.plan.families and local.plan.dim > limit:
         point, sd = newton_matrix_free(local, point)
         mode, coefficients, loc = None, {}, {}
     else:
-        mode = laplace_mode(local, point) if laplace else None
+        if mode is not None:
+            _check_mode(mode, local, point)
+        if laplace and mode is None:
+            mode = laplace_mode(local, point)
+        mode = mode if laplace else None
         point = dict(mode.point) if mode is not None else dict(point)
         point, precision = local.newton(point)
         coefficients = local.coefficients(point, precision=precision)
@@ -136,3 +148,13 @@ def initialize(
         guide=GuideInit(values=values, scales=scales),
         laplace=mode,
     )
+
+
+def _check_mode(mode: LaplaceMode, local: LocalGaussian, point: Mapping[str, Any]) -> None:
+    involved = {s.name for s in local.plan.sites}
+    wrong = sorted(k for k in mode.unconstrained_sd if k in involved or k not in point)
+    if wrong:
+        raise ValueError(
+            f"The given Laplace mode holds {wrong}, which are involved in the decorrelation or "
+            "not sites of the point; give the mode of the other (hyperparameter) sites only."
+        )

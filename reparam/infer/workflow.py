@@ -34,6 +34,7 @@ from reparam.infer.nuts import NUTSRun, run_nuts
 from reparam.infer.refresh import train_with_refreshes
 from reparam.infer.svi import Plateau, SVIRun, SVIRunner, continue_svi
 from reparam.local.analysis import LocalGaussian
+from reparam.local.laplace import LaplaceMode
 from reparam.names import AUX_SUFFIX
 from reparam.optim import relative_steps
 from reparam.programs import PROGRAMS, Arguments, ProgramKey, model_key, shareable
@@ -199,6 +200,7 @@ def fit_svi(
     guide: GuideKind = "normal",
     stopping: Plateau | None = None,
     laplace: bool = True,
+    mode: LaplaceMode | None = None,
     refresh_at: Sequence[int] = (),
     coefficient_learning_rate: float = 0.0,
     progress_bar: bool = False,
@@ -220,6 +222,8 @@ def fit_svi(
         stopping: optional plateau rule, checked on the whole loss trace (across refreshes;
             its drift condition needs ``stopping.window`` steps after the last refresh).
         laplace: start from the Laplace mode of the non-decorrelated sites.
+        mode: that mode computed by the caller (:func:`reparam.initialize`'s ``mode``), e.g.
+            from an exact marginal likelihood; default: :func:`reparam.laplace_mode`.
         refresh_at: steps at which to refit the coefficients at the guide's median; the guide
             is re-mapped to them and the optimiser state carries on (step count and schedule,
             moments of the params not re-mapped: :mod:`reparam.infer.refresh`).
@@ -235,7 +239,7 @@ def fit_svi(
     if analysis is None:
         raise ValueError("fit_svi on a plain model needs `analysis` to compute the start.")
     local = LocalGaussian(analysis, point, *args, **kwargs)
-    start = initialize(local, point, laplace=laplace, guide_names=guide_names)
+    start = initialize(local, point, laplace=laplace, guide_names=guide_names, mode=mode)
     coefficients = dict(start.coefficients) if decorrelated is not None else {}
     learn = decorrelated is not None and coefficient_learning_rate > 0
     train: Callable = model if decorrelated is None or learn else CoefficientModel(decorrelated)

@@ -27,35 +27,9 @@ from jax.flatten_util import ravel_pytree
 from numpyro.infer.util import constrain_fn, potential_energy
 
 from reparam.local.analysis import LocalGaussian, as_float64, check_dense_fits
-from reparam.optim import minimize
+from reparam.optim import hessian_by_differences, inverse_sds, minimize
 
 MAX_SPREAD_DIM = 64
-
-
-def _spread(hessian: np.ndarray) -> np.ndarray:
-    """Sds from the inverse of the Hessian of the negative log objective at the mode (NaN
-    where it is not positive definite)."""
-    hessian = 0.5 * (hessian + hessian.T)
-    try:
-        np.linalg.cholesky(hessian)
-    except np.linalg.LinAlgError:
-        return np.full(hessian.shape[0], np.nan)
-    return np.sqrt(np.diag(np.linalg.inv(hessian)))
-
-
-def _gradient_differences(value_and_grad: Callable, x: Array, *args: Any) -> np.ndarray:
-    """The Hessian at ``x`` by central differences of the compiled gradient (``2 d``
-    evaluations, step ``1e-5 (1 + |x_k|)``, float64: relative error ~1e-9), which spares
-    compiling the objective's fourth derivatives (it holds a log-determinant of a Hessian)."""
-    x = np.asarray(x, np.float64)
-    columns = []
-    for k, step in enumerate(1e-5 * (1.0 + np.abs(x))):
-        shift = np.zeros_like(x)
-        shift[k] = step
-        plus, minus = (np.asarray(value_and_grad(jnp.asarray(x + sign * shift), *args)[1])
-                       for sign in (1.0, -1.0))
-        columns.append((plus - minus) / (2.0 * step))
-    return np.stack(columns, axis=1) if columns else np.zeros((0, 0))
 
 
 @dataclass(frozen=True)
@@ -145,7 +119,8 @@ def laplace_mode(
             best, value, iterations = result.x, result.value, result.iterations
             sd_flat = np.full(len(x0), np.nan)
             if len(x0) <= MAX_SPREAD_DIM:  # Hessian of the objective at the mode
-                sd_flat = _spread(_gradient_differences(value_and_grad, best, unconstrained))
+                sd_flat = inverse_sds(hessian_by_differences(value_and_grad, best,
+                                                                  unconstrained))
         else:  # nothing to optimise: the mode is the involved sites' Newton step
             best, value, iterations, sd_flat = jnp.asarray(x0), value0, 0, np.zeros(0)
         other = unflatten(best)

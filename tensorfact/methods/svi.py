@@ -27,7 +27,10 @@ from reparam.infer.workflow import (
     restore_svi,
     resume_svi,
 )
+from reparam.local.laplace import LaplaceMode
+from tensorfact.collapsed.mode import collapsed_mode
 from tensorfact.data import TensorData
+from tensorfact.methods.exact import check_exact_spec
 from tensorfact.methods.settings import (
     FitSettings,
     refresh_steps,
@@ -48,6 +51,20 @@ def model_arguments(data: TensorData, devices: Any = 1) -> tuple[jax.Array, jax.
     return shard_cells(arrays, devices)[0]
 
 
+def exact_mode(start: str, model: TensorModel, data: TensorData,
+               point: Mapping[str, Any]) -> LaplaceMode | None:
+    """The Laplace start's hyperparameters from the exact collapsed marginal where it applies
+    (Gaussian noise, built-in priors: :func:`~tensorfact.collapsed.mode.collapsed_mode`, the
+    same mode without the dense matrix of :func:`reparam.laplace_mode`); else ``None``."""
+    if start != "laplace":
+        return None
+    try:
+        check_exact_spec(model.spec)
+    except ValueError:
+        return None
+    return collapsed_mode(model, data.filled, data.mask, point)
+
+
 def train(
     settings: FitSettings,
     data: TensorData,
@@ -64,15 +81,17 @@ def train(
     start = resolve_svi_start(settings.svi_start, model)
     # the start's Gaussian analysis: every cell (Student-t: its Gaussian surrogate)
     surrogate = model.gaussian_surrogate().full_batch()
+    point = model.initial_point(data.filled, data.mask)
     steps = settings.svi_steps
     refresh = (refresh_steps(settings.coefficient_refreshes, start, steps)
                if model.decorrelation_config(switched) else ())  # plain: nothing to refit
     try:
         svi = fit_svi(
             model.decorrelated(switched), *model_arguments(data, settings.devices),
-            point=model.initial_point(data.filled, data.mask),
+            point=point,
             analysis=surrogate.decorrelated(switched) if surrogate is not model else None,
-            laplace=start == "laplace", rng_key=key, num_steps=steps, refresh_at=refresh,
+            laplace=start == "laplace", mode=exact_mode(start, surrogate, data, point),
+            rng_key=key, num_steps=steps, refresh_at=refresh,
             learning_rate=settings.learning_rate, optimizer=settings.optimizer,
             guide=settings.guide, stopping=Plateau() if settings.stop_at_plateau else None,
             progress_bar=settings.progress_bar,

@@ -1,13 +1,14 @@
 """Misuse of ``reparam.decorrelate`` gets a clear error naming the problem and the fix."""
 
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
 from numpyro import handlers
 
 import reparam
-from tests.test_reparam.models import panel_data, panel_model
+from tests.test_reparam.models import panel_data, panel_model, ridge_model
 
 
 def _run(model, *args):
@@ -77,3 +78,15 @@ def test_unknown_rotation_and_bad_band():
 def test_indefinite_precision():
     with pytest.raises(ValueError, match="not positive definite"):
         reparam.optimal_factor(jnp.array([[1.0, 2.0], [2.0, 1.0]]))
+
+
+def test_a_given_laplace_mode_of_an_involved_site_is_refused():
+    """``initialize(mode=...)`` takes the mode of the sites not decorrelated only."""
+    y = jnp.ones(5)
+    local = reparam.LocalGaussian(reparam.decorrelate(ridge_model, {"a": ["mu"]}),
+                                  {"mu": 0.0, "a": 0.0}, y)
+    mode = reparam.LaplaceMode(point={"mu": np.float64(0.0), "a": np.float64(0.0)},
+                               unconstrained_sd={"mu": np.float64(1.0)}, log_marginal=0.0,
+                               iterations=0)
+    with pytest.raises(ValueError, match=r"holds \['mu'\], which are involved"):
+        reparam.initialize(local, {"mu": 0.0, "a": 0.0}, mode=mode)
