@@ -8,7 +8,10 @@ the implied marginal sds against the exact ones: minimum ratio and fraction of e
 [0.8, 1.25]. Families:
 
 * chosen: Helmert rotation along the non-time dims, every effect shifted by all earlier ones,
-  dense lower-triangular coupling along time (tensorfact's default);
+  Markov coupling along time on the contrasts and dense on the mean chains (tensorfact's
+  default, ``markov="contrasts"``);
+* dense time: the same with a dense lower-triangular coupling along time for every row (the
+  default before);
 * band 3: the same with couplings along time limited to lags <= 3;
 * markov band k: Helmert rotation and all earlier parents, the within-site coupling in the
   Markov (bidiagonal inverse) form and parent couplings along time banded to offsets <= k:
@@ -48,7 +51,9 @@ def families(model: TensorModel) -> dict[str, reparam.DecorrelateMessenger]:
     rotate = {d: "helmert" for d in spec.other_dims}
     no_within = {k: reparam.Affine(tuple(v), within=False) for k, v in config.items()}
     return {
-        "chosen (helmert, dense time)": model.decorrelated(True),
+        "chosen (helmert, markov contrasts)": model.decorrelated(True),
+        "dense time": reparam.decorrelate(model, config, rotate=rotate, sequence=spec.time,
+                                          dims=dims),
         "band 3": reparam.decorrelate(model, config, rotate=rotate, sequence=spec.time,
                                       band=3, dims=dims),
         **{f"markov band {band}": reparam.decorrelate(

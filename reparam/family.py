@@ -20,6 +20,15 @@ recovered as
   ``x~[t] = m[t] x~[t-1] + (u - sum_k S_k)[t]`` (an associative scan: ``O(T)`` work,
   ``O(log T)`` depth) with one coefficient per element (``m[.., 0]`` unused). The shifts then act
   in ``u``'s coordinates; a child without the sequence axis has ``M_c = I`` either way.
+* With ``Structure.dense_mean`` as well (``decorrelate(..., markov="contrasts")``), the *mean
+  slice* of a child -- its elements at component 0 of every rotated axis, one chain along the
+  sequence per combination of its other axes (all of a child with no rotated axis) -- keeps a
+  dense unit lower-triangular ``M`` in the same inverse form, ``u = L x~ + sum_k S_k``, solved
+  by a triangular solve; the contrasts stay bidiagonal. This is the structure of the exact
+  conditional of an additive tensor model with complete data (``docs/design.md`` section 8.2):
+  in Helmert coordinates a contrast chain is the last chain of its block (bidiagonal factor),
+  while the mean chains (``z``, mean ``A``, mean ``B``) marginalise the later ones (dense).
+  Cost ``O(T)`` per contrast chain and ``O(T^2)`` per mean chain.
 * ``S_k`` is linear in the parent, with one learned coefficient per (child element, parent
   element) pair that the structure allows:
   - axes the two share are aligned element by element;
@@ -63,14 +72,17 @@ class Structure:
         sequence: name of the axis along which within-site and banded couplings act.
         band: largest lag/offset coupled along ``sequence`` (``None``: all).
         markov: within-site coupling in the Markov (bidiagonal inverse) form, applied in
-            ``O(T)``; parent couplings along ``sequence`` are then banded with ``band``
-            (required).
+            ``O(T)``; parent couplings along ``sequence`` are banded with ``band`` (dense
+            when ``band`` is ``None``).
+        dense_mean: with ``markov``, the mean slice of each child (component 0 of every
+            rotated axis) is coupled densely along ``sequence`` (module docstring).
     """
 
     rotations: tuple[tuple[str, str], ...] = ()
     sequence: str | None = None
     band: int | None = None
     markov: bool = False
+    dense_mean: bool = False
 
     @property
     def rotate(self) -> dict[str, str]:
@@ -207,7 +219,8 @@ class ChildFamily:
     """The conditional affine map of one child site given its parents.
 
     Params (``numpyro.param`` names are ``f"{child}_{key}"``): ``within`` for the within-site
-    lags and ``shift_{parent}`` per parent.
+    lags, ``within_mean`` for the dense mean slice (``dense_mean``) and ``shift_{parent}`` per
+    parent.
     """
 
     child: SiteLayout
@@ -237,8 +250,12 @@ class ChildFamily:
         shapes = {f"shift_{c.parent.name}": c.coefficient_shape for c in self.couplings}
         axis = self.sequence_axis
         if axis is not None and self.structure.markov:
-            if self.child.shape[axis] > 1:
+            length = self.child.shape[axis]
+            dense_mean = self.structure.dense_mean
+            if length > 1 and (self._mean_axes or not dense_mean):
                 shapes["within"] = self.child.shape  # m[.., t] couples t with t - 1
+            if length > 1 and dense_mean:
+                shapes["within_mean"] = self._mean_shape + (length,)  # [.., t, s], s < t
         elif axis is not None:
             lags = self.structure.lags(self.child.shape[axis])
             if lags > 0:
@@ -246,6 +263,42 @@ class ChildFamily:
                 width = self.child.shape[axis] if self.structure.band is None else lags
                 shapes["within"] = self.child.shape + (width,)
         return shapes
+
+    @property
+    def _mean_axes(self) -> tuple[int, ...]:
+        """The child's rotated axes: its mean slice is component 0 of each."""
+        rotate = self.structure.rotate
+        return tuple(a for a, d in enumerate(self.child.dims) if d is not None and d in rotate)
+
+    @property
+    def _mean_shape(self) -> tuple[int, ...]:
+        """Shape of the mean slice with the sequence axis moved last (rotated axes kept as 1)."""
+        axis = self.sequence_axis
+        mean_axes = self._mean_axes
+        other = tuple(1 if a in mean_axes else n
+                      for a, n in enumerate(self.child.shape) if a != axis)
+        return other + (self.child.shape[axis],)
+
+    def _mean_index(self) -> tuple:
+        """Index of the mean slice (keeping its axes), for arrays with leading batch axes."""
+        mean_axes = self._mean_axes
+        return (Ellipsis, *(slice(0, 1) if a in mean_axes else slice(None)
+                            for a in range(len(self.child.shape))))
+
+    def _mean_chain(self, x: Array) -> Array:
+        """The mean slice of ``x``, sequence axis last."""
+        return self._sequence_last(x[self._mean_index()])[0]
+
+    def _with_mean_chain(self, x: Array, chain: Array, add: bool = False) -> Array:
+        """``x`` with its mean slice set to (or, with ``add``, increased by) ``chain``."""
+        value = jnp.moveaxis(chain, -1, self.sequence_axis - len(self.child.shape))
+        at = x.at[self._mean_index()]
+        return at.add(value) if add else at.set(value)
+
+    def _markov_coefficients(self, params: Mapping[str, Array]) -> Array:
+        """``m`` of the bidiagonal coupling (0 on a densely coupled mean slice)."""
+        within = params["within"]
+        return within.at[self._mean_index()].set(0.0) if "within_mean" in params else within
 
     def _total_shift(self, parents_rot: Mapping[str, Array], params: Mapping[str, Array]) -> Array:
         total = 0.0
@@ -301,7 +354,8 @@ class ChildFamily:
         params: Mapping[str, Array],
         scale: Array | None = None,
     ) -> Array:
-        """``x~ = u + W(u) - sum_k S_k(p~_k)`` (Markov form: ``x~ = M^{-1}(u - sum_k S_k)``);
+        """``x~ = u + W(u) - sum_k S_k(p~_k)`` (Markov form: ``x~ = M^{-1}(u - sum_k S_k)``,
+        with ``M``'s mean slice dense under ``dense_mean``);
         ``aux`` may carry leading batch axes.
 
         With ``scale`` (the child's prior scale) and decentering params, ``aux`` is the
@@ -311,7 +365,16 @@ class ChildFamily:
             aux = decenter.decentred_to_aux(params, scale, aux)
         if self.structure.markov:
             rhs = aux - self._total_shift(parents_rot, params)
-            return self._markov_solve(rhs, params["within"]) if "within" in params else rhs
+            x = self._markov_solve(rhs, self._markov_coefficients(params)) \
+                if "within" in params else rhs
+            if "within_mean" not in params:
+                return x
+            chain = self._mean_chain(rhs)
+            lower = jnp.eye(chain.shape[-1], dtype=chain.dtype) + jnp.tril(
+                params["within_mean"], -1)
+            lower = jnp.broadcast_to(lower, chain.shape[:-1] + lower.shape[-2:])
+            solved = solve_triangular(lower, chain[..., None], lower=True, unit_diagonal=True)
+            return self._with_mean_chain(x, solved[..., 0])
         x = aux
         if "within" in params:
             u, axis = self._sequence_last(aux)
@@ -332,7 +395,11 @@ class ChildFamily:
         if self.structure.markov:
             u = child_rot + self._total_shift(parents_rot, params)
             if "within" in params:
-                u = u - self._markov_lag(child_rot, params["within"])
+                u = u - self._markov_lag(child_rot, self._markov_coefficients(params))
+            if "within_mean" in params:
+                strict = jnp.tril(params["within_mean"], -1)
+                chain = jnp.einsum("...ts,...s->...t", strict, self._mean_chain(child_rot))
+                u = self._with_mean_chain(u, chain, add=True)
             return decenter.aux_to_decentred(params, scale, u) if divide else u
         rhs = child_rot + self._total_shift(parents_rot, params)
         if "within" not in params:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpyro
 import numpyro.distributions as dist
@@ -75,6 +75,19 @@ class Affine:
 
 ConfigEntry = "Sequence[str] | Affine"
 ConfigLike = Mapping[str, ConfigEntry] | Callable[[str], "ConfigEntry | None"]
+
+
+def _check_markov(markov: Any, sequence: str | None, band: int | None) -> None:
+    """Validates ``decorrelate``'s ``markov`` option against ``sequence`` and ``band``."""
+    if markov not in (True, False, "contrasts"):
+        raise ValueError(f"markov must be True, False or 'contrasts', got {markov!r}.")
+    if markov == "contrasts" and sequence is None:
+        raise ValueError("markov='contrasts' couples along a sequence axis: give `sequence=`.")
+    if markov is True and (sequence is None or band is None):
+        raise ValueError(
+            "markov=True couples along a sequence axis with banded parent couplings: give "
+            "`sequence=` and an int `band=` (e.g. band=2)."
+        )
 
 
 def _as_affine(name: str, entry: Any) -> Affine:
@@ -129,6 +142,9 @@ class DecorrelateMessenger(Messenger):
         band: largest lag coupled along ``sequence`` (``None``: all lags).
         markov: couple along ``sequence`` in the Markov form of :mod:`reparam.family` (``O(T)``
             per child; needs ``sequence`` and an int ``band`` for the parent couplings).
+            ``"contrasts"``: Markov on the contrasts of the rotated axes, dense on each child's
+            mean slice (``Structure.dense_mean``; ``band=None`` allowed: dense parent couplings
+            along ``sequence``), the exact structure for an additive tensor model.
         dims: site name -> one axis name per axis of the site's value (overrides plate names).
         involve: further sites to include in the local Gaussian analysis
             (:mod:`reparam.local.analysis`: Newton step, guide initialisation) although they are
@@ -143,7 +159,7 @@ class DecorrelateMessenger(Messenger):
         rotate: Mapping[str, str] | None = None,
         sequence: str | None = None,
         band: int | None = None,
-        markov: bool = False,
+        markov: bool | Literal["contrasts"] = False,
         dims: Mapping[str, Sequence[str]] | None = None,
         involve: Sequence[str] = (),
     ) -> None:
@@ -151,17 +167,13 @@ class DecorrelateMessenger(Messenger):
             raise TypeError("config must be a dict {child: [parents]} or a callable.")
         if band is not None and (not isinstance(band, int) or band < 0):
             raise ValueError(f"band must be a non-negative int or None, got {band!r}.")
-        if markov and (sequence is None or band is None):
-            raise ValueError(
-                "markov=True couples along a sequence axis with banded parent couplings: give "
-                "`sequence=` and an int `band=` (e.g. band=2)."
-            )
+        _check_markov(markov, sequence, band)
         for rotation in (rotate or {}).values():
             get_rotation(rotation)
         self.config = config
         self.structure = Structure(
             rotations=tuple(sorted((rotate or {}).items())), sequence=sequence, band=band,
-            markov=bool(markov),
+            markov=bool(markov), dense_mean=markov == "contrasts",
         )
         self.dims = dict(dims or {})
         self.involve = tuple(involve)
@@ -354,7 +366,7 @@ def decorrelate(
     rotate: Mapping[str, str] | None = None,
     sequence: str | None = None,
     band: int | None = None,
-    markov: bool = False,
+    markov: bool | Literal["contrasts"] = False,
     dims: Mapping[str, Sequence[str]] | None = None,
     involve: Sequence[str] = (),
 ) -> DecorrelateMessenger:
@@ -372,7 +384,8 @@ def decorrelate(
         sequence: axis name coupled within sites (lower-triangular) and banded across sites.
         band: largest lag coupled along ``sequence`` (``None``: dense).
         markov: Markov (bidiagonal inverse) coupling along ``sequence``, ``O(T)`` per child
-            (needs an int ``band``).
+            (needs an int ``band``); ``"contrasts"``: Markov on the contrasts of the rotated
+            axes, dense on each child's mean slice (exact for additive tensor models).
         dims: site name -> axis names, for axes not named by plates.
         involve: further sites analysed with the decorrelated ones but sampled unchanged.
 

@@ -17,7 +17,9 @@ from scipy import optimize, stats
 import reparam
 from reparam.programs import PROGRAMS
 from tests.test_reparam.models import (
+    NUM_ROWS,
     PANEL_DIMS,
+    T,
     panel_data,
     panel_model,
     ridge_model,
@@ -320,6 +322,31 @@ def test_markov_family_ceiling_on_a_chain_is_exact():
     exact_sd = local.plan.split(np.sqrt(np.diag(np.linalg.inv(precision))))
     for name, sd in exact_sd.items():
         np.testing.assert_allclose(result.sds[name], sd, rtol=1e-6)
+
+
+def test_markov_contrasts_family_ceiling_is_exact_on_complete_data():
+    """Markov on the Helmert contrasts, dense on the mean slices (``markov="contrasts"``):
+    each contrast chain of ``A`` is the last chain of its block, and ``z`` (no rotated axis)
+    is a mean chain, so the projected factor is exact (KL 0, exact sds) with ``O(T)``
+    coefficients per contrast row and dense ones only for ``z`` and mean ``A``."""
+    local, _, precision = _panel_plan(
+        True, rotate={"i": "helmert"}, sequence="t", markov="contrasts"
+    )
+    result = reparam.ceiling(local.plan, precision, steps=0)
+    assert abs(result.kl) < 1e-6
+    exact_sd = local.plan.split(np.sqrt(np.diag(np.linalg.inv(precision))))
+    for name, sd in exact_sd.items():
+        np.testing.assert_allclose(result.sds[name], sd, rtol=1e-6)
+    shapes = {k: np.shape(v) for k, v in result.coefficients.items()}
+    assert shapes["A_within"] == (NUM_ROWS, T) and shapes["A_within_mean"] == (1, T, T)
+    assert shapes["z_within_mean"] == (T, T) and "z_within" not in shapes
+
+
+def test_markov_contrasts_needs_a_sequence():
+    with pytest.raises(ValueError, match="sequence"):
+        reparam.decorrelate(panel_model, PANEL_CONFIG, markov="contrasts")
+    with pytest.raises(ValueError, match="'contrasts'"):
+        reparam.decorrelate(panel_model, PANEL_CONFIG, sequence="t", markov="yes")
 
 
 def test_markov_family_cannot_marginalise_a_later_chain():

@@ -31,6 +31,10 @@ CONFIGS = {
         {"a": ["mu"], "z": ["mu", "a"], "A": ["mu", "a", "z"]},
         {**ROTATED, "band": 1, "markov": True},
     ),
+    "rotated, markov contrasts": (
+        {"a": ["mu"], "z": ["mu", "a"], "A": ["mu", "a", "z"]},
+        {**ROTATED, "markov": "contrasts"},
+    ),
     "within off": (
         {"z": reparam.Affine(("mu",), within=False), "A": reparam.Affine(("z",), within=False)},
         ROTATED,

@@ -101,9 +101,9 @@ def _sample_sites(decorrelate):
 
 def test_toggling_one_effect_changes_exactly_its_sites():
     on, off_a = _sample_sites(True), _sample_sites({"A": False})
-    assert on - off_a == {"A_decorrelated", "A_within", "A_shift_mu", "A_shift_a",
-                          "A_shift_b", "A_shift_z", "A_centering", "A_scale_ref",
-                          "A_decenter_at"}
+    assert on - off_a == {"A_decorrelated", "A_within", "A_within_mean", "A_shift_mu",
+                          "A_shift_a", "A_shift_b", "A_shift_C", "A_shift_z", "A_centering",
+                          "A_scale_ref", "A_decenter_at"}
     assert off_a - on == {"A"}
     assert "B_shift_A" in off_a  # later effects still use A as a parent
     assert _sample_sites(False) == {"mu", "a", "b", "z", "A", "B", "C", "y", "sigma",
