@@ -10,6 +10,9 @@ the implied marginal sds against the exact ones: minimum ratio and fraction of e
 * chosen: Helmert rotation along the non-time dims, every effect shifted by all earlier ones,
   Markov coupling along time on the contrasts and dense on the mean chains (tensorfact's
   default, ``markov="contrasts"``);
+* chosen, block start coefficients: the default family at the coefficients of the block start
+  (``tensorfact.model.block_gaussian``: Helmert blocks with the observed weight per time step,
+  no dense matrix) instead of the projection of the exact factor;
 * dense time: the same with a dense lower-triangular coupling along time for every row (the
   default before);
 * band 3: the same with couplings along time limited to lags <= 3;
@@ -38,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import format_table, write_json  # noqa: E402
 
 import reparam  # noqa: E402
+from tensorfact.model.block_gaussian import BlockGaussian  # noqa: E402
 from tensorfact.model.tensor import TensorModel  # noqa: E402
 from tensorfact.simulate import B2_SIZES, B2_TRUTH, simulate_additive  # noqa: E402
 from tensorfact.spec import default_spec  # noqa: E402
@@ -64,6 +68,20 @@ def families(model: TensorModel) -> dict[str, reparam.DecorrelateMessenger]:
     }
 
 
+def _variants(model: TensorModel, point: dict, args: tuple):
+    """``(label, initial coefficients or None for the exact projection, family)``; the default
+    family also with the coefficients of the block start (``BlockGaussian``)."""
+    for label, decorrelated in families(model).items():
+        yield label, None, decorrelated
+        if label.startswith("chosen"):
+            block = BlockGaussian(decorrelated, model, point, *args)
+            plan = block.plan
+            linear = {f"{n}_{k}" for n, f in plan.families.items() for k in f.param_shapes()}
+            coefficients = block.coefficients(point)
+            yield ("chosen, block start coefficients",
+                   {k: v for k, v in coefficients.items() if k in linear}, decorrelated)
+
+
 def run(out: Path, quick: bool, steps: int, missing_levels=None, only=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -78,12 +96,12 @@ def run(out: Path, quick: bool, steps: int, missing_levels=None, only=None) -> d
         posterior = GaussianOracle(model, y, mask).posterior(hyper)
         point = {**model.initial_point(y, mask), **hyper}
         args = (jnp.asarray(y), jnp.asarray(mask))
-        for label, decorrelated in families(model).items():
+        for label, init, decorrelated in _variants(model, point, args):
             if only and not any(word in label for word in only):
                 continue
             plan = reparam.LocalGaussian(decorrelated, point, *args).plan
             start = time.perf_counter()
-            result = reparam.ceiling(plan, posterior.precision, steps=steps)
+            result = reparam.ceiling(plan, posterior.precision, steps=steps, init=init)
             ratios = np.concatenate(
                 [np.ravel(result.sds[k] / posterior.sd[k]) for k in posterior.sd]
             )

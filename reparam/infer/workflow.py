@@ -204,6 +204,7 @@ def fit_svi(
     refresh_at: Sequence[int] = (),
     coefficient_learning_rate: float = 0.0,
     progress_bar: bool = False,
+    local: LocalGaussian | None = None,
     **kwargs: Any,
 ) -> SVIFit:
     """Trains a guide over ``model`` from the local Gaussian start.
@@ -230,15 +231,18 @@ def fit_svi(
         coefficient_learning_rate: train the coefficients by SVI too, with this Adam rate
             (0: keep them at the Gaussian fit; measured to be more accurate).
         progress_bar: show progress.
+        local: the local Gaussian analysis to start and refresh from, built by the caller
+            (e.g. a structured one with the interface of :class:`LocalGaussian`); default: a
+            :class:`LocalGaussian` of ``analysis``.
 
     Fits of the same model (:func:`~reparam.programs.model_key`) with the default
     optimizer and fixed coefficients share their compiled programs in this process.
     """
     decorrelated = model if isinstance(model, DecorrelateMessenger) else None
     analysis = analysis if analysis is not None else decorrelated
-    if analysis is None:
+    if analysis is None and local is None:
         raise ValueError("fit_svi on a plain model needs `analysis` to compute the start.")
-    local = LocalGaussian(analysis, point, *args, **kwargs)
+    local = local if local is not None else LocalGaussian(analysis, point, *args, **kwargs)
     start = initialize(local, point, laplace=laplace, guide_names=guide_names, mode=mode)
     coefficients = dict(start.coefficients) if decorrelated is not None else {}
     learn = decorrelated is not None and coefficient_learning_rate > 0

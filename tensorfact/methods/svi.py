@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import optax
 
+import reparam
 from reparam.infer.sharding import shard_cells
 from reparam.infer.svi import NonFiniteLoss, Plateau
 from reparam.infer.workflow import (
@@ -37,6 +38,7 @@ from tensorfact.methods.settings import (
     resolve_svi_start,
     seed_of,
 )
+from tensorfact.model.block_gaussian import BlockGaussian, block_support
 from tensorfact.model.tensor import TensorModel
 from tensorfact.results.fit import Fit
 from tensorfact.results.labels import check_finite_draws, posterior_dataset
@@ -65,6 +67,16 @@ def exact_mode(start: str, model: TensorModel, data: TensorData,
     return collapsed_mode(model, data.filled, data.mask, point)
 
 
+def block_analysis(analysis: reparam.DecorrelateMessenger, surrogate: TensorModel,
+                   point: Mapping[str, Any], arguments: tuple) -> BlockGaussian | None:
+    """The start's local Gaussian analysis by Helmert blocks (no dense matrix over the
+    location effects: :mod:`tensorfact.model.block_gaussian`) where it applies, else ``None``
+    (the dense :class:`reparam.LocalGaussian`, or the matrix-free plain start)."""
+    if block_support(surrogate, analysis) is not None:
+        return None
+    return BlockGaussian(analysis, surrogate, point, *arguments)
+
+
 def train(
     settings: FitSettings,
     data: TensorData,
@@ -85,11 +97,14 @@ def train(
     steps = settings.svi_steps
     refresh = (refresh_steps(settings.coefficient_refreshes, start, steps)
                if model.decorrelation_config(switched) else ())  # plain: nothing to refit
+    arguments = model_arguments(data, settings.devices)
+    analysis = surrogate.decorrelated(switched)
     try:
         svi = fit_svi(
-            model.decorrelated(switched), *model_arguments(data, settings.devices),
+            model.decorrelated(switched), *arguments,
             point=point,
-            analysis=surrogate.decorrelated(switched) if surrogate is not model else None,
+            analysis=analysis if surrogate is not model else None,
+            local=block_analysis(analysis, surrogate, point, arguments),
             laplace=start == "laplace", mode=exact_mode(start, surrogate, data, point),
             rng_key=key, num_steps=steps, refresh_at=refresh,
             learning_rate=settings.learning_rate, optimizer=settings.optimizer,

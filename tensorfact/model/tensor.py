@@ -24,12 +24,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
 from jax import Array
+from numpyro import handlers
 
 import reparam
 from tensorfact.model.minibatch import observe_batch
@@ -178,10 +180,7 @@ class TensorModel:
             if self.batch_size is None:
                 loc = loc + to_data_axes(value, dims, spec.dims)
             terms.append((value, dims))
-        scales = [(hyper["sigma_series"], spec.other_dims) if spec.noise.per_series
-                  else (hyper["sigma"], ())]
-        if spec.noise.time_by is not None:
-            scales.append((jnp.exp(hyper["log_sigma_time"]), (spec.noise.time_by, time)))
+        scales = self._noise_scales(hyper)
         likelihood = functools.partial(self._likelihood, hyper)
         if self.batch_size is not None:
             observe_batch(y, mask, spec.dims, terms, scales, likelihood, self.batch_size)
@@ -191,6 +190,29 @@ class TensorModel:
             sigma = sigma * to_data_axes(value, dims, spec.dims)
         loc = jnp.broadcast_to(loc, mask.shape)
         numpyro.sample("y", likelihood(loc, sigma).mask(mask).to_event(3), obs=y)
+
+    def _noise_scales(self, hyper: Mapping[str, Array]) -> list[tuple[Array, tuple[str, ...]]]:
+        """The factors of the noise scale and their dims (their product is each cell's)."""
+        spec = self.spec
+        scales = [(hyper["sigma_series"], spec.other_dims) if spec.noise.per_series
+                  else (hyper["sigma"], ())]
+        if spec.noise.time_by is not None:
+            scales.append((jnp.exp(hyper["log_sigma_time"]), (spec.noise.time_by, spec.time)))
+        return scales
+
+    def cell_precision(self, point: Mapping[str, Any], mask: Array) -> Array:
+        """The Gaussian likelihood's curvature in each cell's mean at ``point``: ``1 / sigma^2``
+        on observed cells, 0 on missing ones (Student-t: its Fisher-scale surrogate)."""
+        seeded = handlers.substitute(handlers.seed(self._sample_hyperparameters, 0),
+                                     data=dict(point))
+        with handlers.block():
+            hyper = seeded()
+        sigma = 1.0
+        for value, dims in self._noise_scales(hyper):
+            sigma = sigma * to_data_axes(value, dims, self.spec.dims)
+        if self.spec.noise.family != "normal":
+            sigma = fisher_scale(sigma, hyper["df"])
+        return jnp.where(mask, jnp.broadcast_to(sigma, mask.shape) ** -2.0, 0.0)
 
     def _likelihood(self, hyper: Mapping[str, Array], loc: Array, sigma: Array):
         """The distribution of the cells with location ``loc`` and noise scale ``sigma``."""
