@@ -91,15 +91,19 @@ class BlockGaussian(LocalGaussian):
 
     # -- the per-type blocks ----------------------------------------------------------------
     def block_precision(self, point: Mapping[str, Any]) -> dict[BlockType, np.ndarray]:
-        """``P_S`` of every block type at ``point`` (float64), and each member's prior part."""
-        return {kind: self._type_precision(kind, point)[0] for kind in self.blocks.types}
+        """``P_S`` of every block type at ``point`` (float64)."""
+        wbar = self._step_weights(point)
+        return {kind: self._type_precision(kind, point, wbar)[0] for kind in self.blocks.types}
 
-    def _type_precision(self, kind: BlockType, point: Mapping[str, Any]
+    def _step_weights(self, point: Mapping[str, Any]) -> np.ndarray:
+        """``wbar_t``: the cells' likelihood curvature averaged over the series per step."""
+        spec = self.tensor.spec
+        weights = np.asarray(self.tensor.cell_precision(point, self.mask), np.float64)
+        return weights.mean(axis=tuple(a for a, d in enumerate(spec.dims) if d != spec.time))
+
+    def _type_precision(self, kind: BlockType, point: Mapping[str, Any], wbar: np.ndarray
                         ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         tensor, spec = self.tensor, self.tensor.spec
-        weights = np.asarray(tensor.cell_precision(point, self.mask), np.float64)
-        other = tuple(a for a, d in enumerate(spec.dims) if d != spec.time)
-        wbar = weights.mean(axis=other)
         size = self.blocks.sizes[kind]
         design = np.zeros((wbar.shape[0], size))  # h_t
         precision = np.zeros((size, size))
@@ -248,9 +252,9 @@ class BlockGaussian(LocalGaussian):
         if not children:
             return {}
         maps = self.block_maps(coefficients)
-        share = {}
+        share, wbar = {}, self._step_weights(point)
         for kind, local_map in maps.items():
-            _, priors = self._type_precision(kind, point)
+            _, priors = self._type_precision(kind, point, wbar)
             part = np.zeros(len(local_map))
             for member in self.blocks.types[kind]:
                 if member.site in children:
