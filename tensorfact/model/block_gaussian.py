@@ -27,6 +27,7 @@ for the block solves and ``O(size^3)`` per type -- no matrix over all location e
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -88,6 +89,7 @@ class BlockGaussian(LocalGaussian):
         self.tensor = tensor
         self.blocks = HelmertBlocks(self.plan)
         self.mask = jnp.asarray(mask)
+        self._maps: tuple[bytes, dict[BlockType, np.ndarray]] | None = None
 
     # -- the per-type blocks ----------------------------------------------------------------
     def block_precision(self, point: Mapping[str, Any]) -> dict[BlockType, np.ndarray]:
@@ -193,7 +195,20 @@ class BlockGaussian(LocalGaussian):
 
     def block_maps(self, coefficients: Mapping[str, Any]) -> dict[BlockType, np.ndarray]:
         """The family's local map ``G(theta)`` on one block of each type (blocks of a type are
-        alike), by one probe per position."""
+        alike), by one probe per position; the last result is kept (:meth:`aux_point` and
+        :meth:`decentering` of one start ask for the same coefficients)."""
+        linear = {f"{n}_{k}" for n, f in self.plan.families.items() for k in f.param_shapes()}
+        fingerprint = hashlib.sha1()
+        for name in sorted(linear):
+            fingerprint.update(name.encode())
+            fingerprint.update(np.ascontiguousarray(coefficients[name], np.float64).tobytes())
+        if self._maps is not None and self._maps[0] == fingerprint.digest():
+            return self._maps[1]
+        maps = self._block_maps({k: coefficients[k] for k in linear})
+        self._maps = (fingerprint.digest(), maps)
+        return maps
+
+    def _block_maps(self, coefficients: Mapping[str, Any]) -> dict[BlockType, np.ndarray]:
         blocks, plan = self.blocks, self.plan
         width = max(blocks.sizes.values())
 
