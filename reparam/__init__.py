@@ -18,8 +18,12 @@ Layout (``docs/design.md`` has the maths):
   SVI -> NUTS workflow), imported on demand (``from reparam.infer import fit_svi``).
 """
 
+from reparam.auto_config import DecorrelationConfig, suggest_config
+from reparam.config import Affine
+from reparam.decorrelation import decorrelate, freeze
 from reparam.family import ChildFamily, ParentCoupling, Structure
-from reparam.handler import Affine, DecorrelateMessenger, decorrelate, freeze
+from reparam.handler import DecorrelateMessenger
+from reparam.infer.generic_fit import ModelFit, fit
 from reparam.infer.pmmh import pmmh
 from reparam.infer.smc import particle_filter
 from reparam.local.analysis import LocalGaussian, gaussian_coefficients, optimal_factor
@@ -48,6 +52,7 @@ __all__ = [
     "Centered",
     "ChildFamily",
     "DecorrelateMessenger",
+    "DecorrelationConfig",
     "GaussianConditional",
     "GuideInit",
     "Helmert",
@@ -56,6 +61,7 @@ __all__ = [
     "LearnableCentering",
     "LinearPlan",
     "LocalGaussian",
+    "ModelFit",
     "NonCentered",
     "ParentCoupling",
     "ScanReparamMessenger",
@@ -64,6 +70,7 @@ __all__ = [
     "Structure",
     "ceiling",
     "decorrelate",
+    "fit",
     "freeze",
     "gaussian_coefficients",
     "get_rotation",
@@ -75,4 +82,5 @@ __all__ = [
     "pmmh",
     "relative_steps",
     "scan_reparam",
+    "suggest_config",
 ]

@@ -11,20 +11,26 @@ internals lives here, each in its most robust available form and with a fallback
 * NumPyro's refusal of ``scan`` under a ``plate`` is recognised by where it was raised (a
   ``plate``'s ``process_message`` handling a control-flow message), not by its wording;
 * a site inside a JAX transformation is recognised by JAX's current trace differing from the
-  one the handler was entered under (``jax.extend.core.get_opaque_trace_state``).
+  one the handler was entered under (``jax.extend.core.get_opaque_trace_state``);
+* a call inside a transformation by a tracer among its arguments (:func:`traced_arguments`),
+  and a model run on its own during another's trace by emptying NumPyro's handler stack
+  (:func:`outside_handlers`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro
+from jax.core import Tracer
 
 
 def _scan_wrapper() -> Callable | None:
@@ -148,3 +154,43 @@ def check_site_names(names: Iterable[str]) -> None:
             '"x"); numpyro.contrib.control_flow.scan stacks the steps into one site of '
             "leading dimension the number of steps (x[t] is step t)."
         )
+
+
+def traced_arguments(args: tuple, kwargs: Mapping[str, Any]) -> bool:
+    """Whether any model argument is a JAX tracer (the call runs inside a transformation)."""
+    return any(isinstance(x, Tracer) for x in jax.tree.leaves((args, kwargs)))
+
+
+@contextlib.contextmanager
+def outside_handlers() -> Iterator[None]:
+    """Runs the block with NumPyro's handler stack empty (restored afterwards): a model run
+    there, e.g. to find a configuration during a trace, reaches none of the handlers around
+    the current one."""
+    stack = numpyro.primitives._PYRO_STACK
+    outer = list(stack)
+    stack.clear()
+    try:
+        yield
+    finally:
+        stack[:] = outer
+
+
+def narrow_integers(tree: Any) -> Any:
+    """``tree`` with its NumPy int64 arrays as int32 copies (where the values fit); other
+    leaves, and the input itself, unchanged.
+
+    The local analyses run the model under ``jax.enable_x64``; a model that indexes with an
+    int64 NumPy argument (``theta[group]``, ``group`` from ``np.repeat``) after running
+    compiled in 32-bit mode then mixes int32 and int64 inside JAX's indexing
+    (``TypeError: lax.add requires arguments to have the same dtypes``). Int32 indices, as
+    JAX itself uses them in 32-bit mode, avoid it.
+    """
+    info = np.iinfo(np.int32)
+
+    def narrow(x: Any) -> Any:
+        if isinstance(x, np.ndarray) and x.dtype == np.int64 and (
+                x.size == 0 or (info.min <= x.min() and x.max() <= info.max)):
+            return x.astype(np.int32)
+        return x
+
+    return jax.tree.map(narrow, tree)

@@ -42,9 +42,15 @@ def prior_scale(fn: Any) -> Array | None:
     return jnp.reshape(scale, ())
 
 
+def centredness(params: dict[str, Array]) -> Array:
+    """``c`` clipped to ``[0, 1]``: SGD on the ``centering`` param (``coefficients="params"``
+    trained by SVI) may step outside, where the map would over- or anti-centre."""
+    return jnp.clip(params["centering"], 0.0, 1.0)
+
+
 def factor(params: dict[str, Array], scale: Array) -> Array:
     """``(s / s0)^(1 - c)`` elementwise."""
-    return (scale / params["scale_ref"]) ** (1.0 - params["centering"])
+    return (scale / params["scale_ref"]) ** (1.0 - centredness(params))
 
 
 def decentred_to_aux(params: dict[str, Array], scale: Array, v: Array) -> Array:
@@ -61,6 +67,6 @@ def aux_to_decentred(params: dict[str, Array], scale: Array, u: Array) -> Array:
 
 def log_jacobian(params: dict[str, Array], scale: Array, event_ndim: int) -> Array:
     """``log |du/dv|`` summed over the last ``event_ndim`` axes (the child's event axes)."""
-    terms = (1.0 - params["centering"]) * jnp.log(scale / params["scale_ref"])
+    terms = (1.0 - centredness(params)) * jnp.log(scale / params["scale_ref"])
     axes = tuple(range(-event_ndim, 0))
     return jnp.sum(terms, axis=axes) if axes else terms

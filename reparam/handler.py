@@ -9,8 +9,11 @@ The model code is unchanged. Each configured child site ``x`` is replaced by an 
 site ``f"{x}_decorrelated"`` (real support) holding ``u`` of :mod:`reparam.family`, and the
 original site becomes deterministic with its value in model coordinates, so ``Predictive``,
 posterior samples and downstream code see the same names as the plain model. Parents are read
-by name from the values already sampled in the same trace. Coefficients are
-``numpyro.param`` sites named ``f"{x}_shift_{parent}"`` and ``f"{x}_within"``.
+by name from the values already sampled in the same trace. Coefficients are named
+``f"{x}_shift_{parent}"`` and ``f"{x}_within"``: ``numpyro.param`` sites, or constants that a
+``fixed_at`` function computes at the first call (:mod:`reparam.decorrelation`, the default of
+:func:`reparam.decorrelate`). An ``"auto"`` configuration is found at the first call
+(:func:`reparam.suggest_config`), outside the handlers around that call.
 
 Refused at the first trace, as ``ValueError`` s naming the fix: a child inside a
 ``numpyro.contrib.control_flow.scan`` body (the handler never sees it sampled: use
@@ -21,23 +24,29 @@ the model does not have (they would be ignored).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
+import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
 from jax import Array
-from numpyro.distributions import biject_to, constraints
+from numpyro.distributions import biject_to
 from numpyro.primitives import Messenger
 
 from reparam import decenter
+from reparam.auto_config import DecorrelationConfig, site_dims, suggest_config
+from reparam.aux_prior import AuxiliaryPrior
+from reparam.config import Affine, ConfigLike, as_affine, check_markov
 from reparam.control_flow import (
     check_same_trace,
     is_scan_message,
     lax_loop_error,
+    outside_handlers,
     scan_call,
     trace_state,
+    traced_arguments,
     traced_names,
 )
 from reparam.decenter import prior_scale
@@ -56,78 +65,8 @@ from reparam.sites import SiteLayout, axis_names, check_axes_exist, site_layout,
 
 _NAME = "reparam.decorrelate"
 
-
-@dataclass(frozen=True)
-class Affine:
-    """Configuration of one child site.
-
-    Attributes:
-        parents: names of earlier sites the child is shifted by.
-        within: couple the child with itself along the sequence axis (lower-triangular).
-        decenter: allow partial non-centring w.r.t. the child's prior scale
-            (:mod:`reparam.decenter`; applies when the prior has one scalar ``scale``).
-    """
-
-    parents: tuple[str, ...] = ()
-    within: bool = True
-    decenter: bool = True
-
-
-ConfigEntry = "Sequence[str] | Affine"
-ConfigLike = Mapping[str, ConfigEntry] | Callable[[str], "ConfigEntry | None"]
-
-
-def _check_markov(markov: Any, sequence: str | None, band: int | None) -> None:
-    """Validates ``decorrelate``'s ``markov`` option against ``sequence`` and ``band``."""
-    if markov not in (True, False, "contrasts"):
-        raise ValueError(f"markov must be True, False or 'contrasts', got {markov!r}.")
-    if markov == "contrasts" and sequence is None:
-        raise ValueError("markov='contrasts' couples along a sequence axis: give `sequence=`.")
-    if markov is True and (sequence is None or band is None):
-        raise ValueError(
-            "markov=True couples along a sequence axis with banded parent couplings: give "
-            "`sequence=` and an int `band=` (e.g. band=2)."
-        )
-
-
-def _as_affine(name: str, entry: Any) -> Affine:
-    if isinstance(entry, Affine):
-        return entry
-    if isinstance(entry, str) or not isinstance(entry, Sequence):
-        raise TypeError(
-            f"Config entry for {name!r} must be a list of parent site names or a "
-            f"reparam.Affine, got {entry!r}."
-        )
-    return Affine(parents=tuple(entry))
-
-
-class _AuxiliaryPrior(dist.Distribution):
-    """Density of ``u`` given the parents: ``p(u) = p_x(x(u))`` (unit Jacobian).
-
-    ``base`` is the child's prior in (unconstrained) model coordinates; ``to_model`` and
-    ``to_aux`` are the exact inverse pair between ``u`` and those coordinates.
-    """
-
-    support = constraints.real
-
-    def __init__(
-        self,
-        base: dist.Distribution,
-        to_model: Callable,
-        to_aux: Callable,
-        log_jacobian: Array | float = 0.0,
-    ):
-        self.base = base
-        self.to_model = to_model
-        self.to_aux = to_aux
-        self.log_jacobian = log_jacobian
-        super().__init__(base.batch_shape, base.event_shape)
-
-    def sample(self, key: Array, sample_shape: tuple[int, ...] = ()) -> Array:
-        return self.to_aux(self.base.sample(key, sample_shape))
-
-    def log_prob(self, value: Array) -> Array:
-        return self.base.log_prob(self.to_model(value)) + self.log_jacobian
+# (messenger, args, kwargs) -> coefficients: computes the values of fixed coefficients
+FixedCoefficients = Callable[["DecorrelateMessenger", tuple, dict], Mapping[str, Any]]
 
 
 class DecorrelateMessenger(Messenger):
@@ -135,8 +74,10 @@ class DecorrelateMessenger(Messenger):
 
     Args:
         fn: the model.
-        config: child name -> parent names (or :class:`Affine`), or a callable taking a site
-            name and returning one of those or ``None``.
+        config: child name -> parent names (or :class:`Affine`), a callable taking a site
+            name and returning one of those or ``None``, a
+            :class:`reparam.DecorrelationConfig` (its options unless given here) or
+            ``"auto"`` (:meth:`resolve` finds it at the first call).
         rotate: axis name -> rotation name, applied to every involved site having that axis.
         sequence: name of the axis coupled within sites and banded across sites.
         band: largest lag coupled along ``sequence`` (``None``: all lags).
@@ -145,16 +86,21 @@ class DecorrelateMessenger(Messenger):
             ``"contrasts"``: Markov on the contrasts of the rotated axes, dense on each child's
             mean slice (``Structure.dense_mean``; ``band=None`` allowed: dense parent couplings
             along ``sequence``), the exact structure for an additive tensor model.
-        dims: site name -> one axis name per axis of the site's value (overrides plate names).
+        dims: site name -> one axis name per axis of the site's value (overrides plate names);
+            without it the axes are named at the first call as :func:`reparam.suggest_config`
+            names them (:meth:`resolve`).
         involve: further sites to include in the local Gaussian analysis
             (:mod:`reparam.local.analysis`: Newton step, guide initialisation) although they are
             sampled unchanged.
+        fixed_at: ``(messenger, args, kwargs) -> coefficients``: fixes the coefficients at
+            the values it returns for the first call with concrete arguments (missing ones
+            at zero); ``None``: they are ``numpyro.param`` sites starting at zero.
     """
 
     def __init__(
         self,
         fn: Callable | None = None,
-        config: ConfigLike | None = None,
+        config: ConfigLike | DecorrelationConfig | Literal["auto"] | None = None,
         *,
         rotate: Mapping[str, str] | None = None,
         sequence: str | None = None,
@@ -162,21 +108,28 @@ class DecorrelateMessenger(Messenger):
         markov: bool | Literal["contrasts"] = False,
         dims: Mapping[str, Sequence[str]] | None = None,
         involve: Sequence[str] = (),
+        fixed_at: FixedCoefficients | None = None,
     ) -> None:
-        if config is None or not (isinstance(config, Mapping) or callable(config)):
-            raise TypeError("config must be a dict {child: [parents]} or a callable.")
+        self._auto = config == "auto"
+        self._align = dims is None and not self._auto and not isinstance(
+            config, DecorrelationConfig)
+        if isinstance(config, DecorrelationConfig):  # its options, unless given here
+            found, config = config, dict(config.config)
+            rotate, sequence = rotate or found.rotate, sequence or found.sequence
+            markov, dims = markov or found.markov, {**found.dims, **(dims or {})}
+        if not self._auto and (config is None or not (
+                isinstance(config, Mapping) or callable(config))):
+            raise TypeError("config must be a dict {child: [parents]}, a callable, a "
+                            "reparam.DecorrelationConfig or 'auto'.")
         if band is not None and (not isinstance(band, int) or band < 0):
             raise ValueError(f"band must be a non-negative int or None, got {band!r}.")
-        _check_markov(markov, sequence, band)
-        for rotation in (rotate or {}).values():
-            get_rotation(rotation)
-        self.config = config
-        self.structure = Structure(
-            rotations=tuple(sorted((rotate or {}).items())), sequence=sequence, band=band,
-            markov=bool(markov), dense_mean=markov == "contrasts",
-        )
-        self.dims = dict(dims or {})
+        self._options = {"rotate": rotate, "sequence": sequence, "band": band,
+                         "markov": markov, "dims": dims}
         self.involve = tuple(involve)
+        self.fixed_at = fixed_at
+        self._start: dict[str, Array] | None = None
+        self._call: tuple[tuple, dict] | None = None
+        self._configure({} if self._auto else config, rotate, sequence, band, markov, dims)
         self._layouts: dict[str, SiteLayout] = {}
         self._rotated: dict[str, Array] = {}
         self._values: dict[str, Array] = {}
@@ -187,12 +140,115 @@ class DecorrelateMessenger(Messenger):
         super().__init__(fn)
 
     # -- configuration ----------------------------------------------------------------------
+    def _configure(self, config: Any, rotate: Mapping[str, str] | None, sequence: str | None,
+                   band: int | None, markov: Any, dims: Mapping[str, Sequence[str]] | None
+                   ) -> None:
+        check_markov(markov, sequence, band)
+        for rotation in (rotate or {}).values():
+            get_rotation(rotation)
+        self.config = config
+        self.structure = Structure(
+            rotations=tuple(sorted((rotate or {}).items())), sequence=sequence, band=band,
+            markov=bool(markov), dense_mean=markov == "contrasts",
+        )
+        self.dims = dict(dims or {})
+
+    @property
+    def resolved(self) -> bool:
+        """Whether the configuration and axis names are known (an ``"auto"`` configuration,
+        and the axis names where ``dims`` was not given, are found at the first call)."""
+        return not (self._auto or self._align)
+
+    def resolve(self, *args: Any, **kwargs: Any) -> None:
+        """Discovers an ``"auto"`` configuration from the model run with these arguments
+        (:func:`reparam.suggest_config`; options given to the handler take precedence), or,
+        for a given configuration without ``dims``, names the axes as it does (plates of
+        equal size that never meet are one axis, an event axis takes the name of the one
+        plate of its size, a random walk's steps one name)."""
+        if self._align:
+            self._align = False
+            with outside_handlers():
+                try:
+                    self.dims = site_dims(self.fn, args, kwargs)
+                except Exception:  # noqa: BLE001 - e.g. a sample in a JAX loop: the trace
+                    self.dims = {}  # that follows refuses the model with the fix
+        if not self._auto:
+            return
+        if traced_arguments(args, kwargs):
+            raise ValueError(
+                "reparam.decorrelate(model) finds its configuration at the model's first call, "
+                "which here runs inside a JAX transformation (jit, vmap, grad); call the "
+                "decorrelated model once with concrete arguments first, or pass the config "
+                "(reparam.suggest_config(model, *args) returns it).")
+        with outside_handlers():
+            found = suggest_config(self.fn, *args, sequence=self._options["sequence"],
+                                   **kwargs)
+        given = self._options
+        self._configure(found.config, given["rotate"] or found.rotate,
+                        given["sequence"] or found.sequence, given["band"],
+                        given["markov"] or found.markov, {**found.dims, **(given["dims"] or {})})
+        self._auto = False
+
+    def suggestion(self) -> DecorrelationConfig:
+        """The configuration in use, as :func:`reparam.suggest_config` returns one."""
+        if self._auto:
+            raise ValueError("The 'auto' configuration is found at the model's first call; "
+                             "call the model (or reparam.suggest_config) first.")
+        config = {n: self.affine_for(n) for n in self.config} \
+            if isinstance(self.config, Mapping) else {}
+        markov = "contrasts" if self.structure.dense_mean else self.structure.markov
+        return DecorrelationConfig(config=config, rotate=dict(self.structure.rotations),
+                                   sequence=self.structure.sequence, markov=markov,
+                                   dims={k: tuple(v) for k, v in self.dims.items()})
+
+    def clone(self, *args: Any, fixed_at: FixedCoefficients | None = None,
+              **kwargs: Any) -> DecorrelateMessenger:
+        """The same decorrelation of the same model, its configuration resolved (with the
+        model arguments ``args, kwargs`` where it is ``"auto"`` and not yet known); its
+        coefficients ``numpyro.param`` sites (default) or fixed by ``fixed_at``."""
+        self.resolve(*args, **kwargs)
+        structure = self.structure
+        markov = "contrasts" if structure.dense_mean else structure.markov
+        return DecorrelateMessenger(
+            self.fn, self.config, rotate=dict(structure.rotations), sequence=structure.sequence,
+            band=structure.band, markov=markov, dims=self.dims, involve=self.involve,
+            fixed_at=fixed_at,
+        )
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.resolve(*args, **kwargs)
+        self._call = (args, kwargs)
+        return super().__call__(*args, **kwargs)
+
+    def _coefficient(self, name: str, default: Array) -> Array:
+        """Coefficient ``name``: a ``numpyro.param`` starting at ``default``, or, with
+        ``fixed_at``, the constant it computes at the first call whose arguments are concrete
+        (:mod:`reparam.decorrelation`)."""
+        if self.fixed_at is None:
+            return numpyro.param(name, default)
+        return jnp.asarray(self._fixed_coefficients().get(name, default))
+
+    def _fixed_coefficients(self) -> Mapping[str, Array]:
+        if self._start is not None:
+            return self._start
+        args, kwargs = self._call if self._call is not None else ((), {})
+        if traced_arguments(args, kwargs):
+            warnings.warn(
+                "reparam.decorrelate: the model's first call ran inside a JAX transformation, "
+                "where its coefficients cannot be computed, so this trace uses zero "
+                "coefficients; call the decorrelated model once with concrete arguments (e.g. "
+                "SVI.init, or MCMC.run, outside jax.jit) first.", RuntimeWarning, stacklevel=4)
+            return {}
+        with outside_handlers():  # the start runs the model on its own
+            self._start = dict(self.fixed_at(self, args, kwargs))
+        return self._start
+
     def affine_for(self, name: str) -> Affine | None:
         """The configuration of site ``name`` as a child, or ``None``."""
         if name.endswith(AUX_SUFFIX):
             return None
         entry = self.config.get(name) if isinstance(self.config, Mapping) else self.config(name)
-        return None if entry is None else _as_affine(name, entry)
+        return None if entry is None else as_affine(name, entry)
 
     def family(
         self, child: SiteLayout, parents: Sequence[SiteLayout], affine: Affine, fn: Any
@@ -304,7 +360,7 @@ class DecorrelateMessenger(Messenger):
         params = {}
         for key, init in family.param_inits().items():
             self.coefficient_names.add(child_param(name, key))
-            params[key] = numpyro.param(child_param(name, key), init)
+            params[key] = self._coefficient(child_param(name, key), init)
         parents_rot = {p: self._rotated_value(p) for p in affine.parents}
         base = fn
         if not child.real_support:
@@ -320,7 +376,7 @@ class DecorrelateMessenger(Messenger):
         def to_aux(x: Array) -> Array:
             return model_to_aux(family, x, parents_rot, params, scale)
 
-        prior = _AuxiliaryPrior(base, to_model, to_aux, jacobian)
+        prior = AuxiliaryPrior(base, to_model, to_aux, jacobian)
         aux = numpyro.sample(name + AUX_SUFFIX, prior)
         unconstrained = to_model(aux)
         self._layouts[name], self._values[name] = child, unconstrained
@@ -338,6 +394,9 @@ class DecorrelateMessenger(Messenger):
             return
         if self._trace is not None and trace_state() != self._trace:
             self._inner.add(name)  # inside a JAX loop of the model: refused if a parent
+            return
+        if msg.get("is_observed"):  # never a parent (its support may be discrete)
+            self._axes.update(axis_names(msg, self.dims))
             return
         self._layouts[name] = self._layout(msg)
         fn = msg.get("fn")
@@ -357,63 +416,3 @@ class DecorrelateMessenger(Messenger):
                 self.structure, self._layouts[name], self._values[name]
             )
         return self._rotated[name]
-
-
-def decorrelate(
-    model: Callable,
-    config: ConfigLike,
-    *,
-    rotate: Mapping[str, str] | None = None,
-    sequence: str | None = None,
-    band: int | None = None,
-    markov: bool | Literal["contrasts"] = False,
-    dims: Mapping[str, Sequence[str]] | None = None,
-    involve: Sequence[str] = (),
-) -> DecorrelateMessenger:
-    """Returns ``model`` with conditional affine decorrelation attached.
-
-    For each child ``x`` with parents ``p_k`` the model samples ``u`` (site
-    ``f"{x}_decorrelated"``) with ``u = x~ + W(x~) + sum_k S_k(p~_k)`` in rotated coordinates
-    (see :mod:`reparam.family`) and recovers ``x`` exactly; the joint density is unchanged.
-
-    Args:
-        model: any NumPyro model.
-        config: ``{child: [parents]}``, ``{child: reparam.Affine(...)}``, or a callable
-            ``name -> parents | Affine | None``.
-        rotate: axis name -> rotation name (``"helmert"``) for every involved site.
-        sequence: axis name coupled within sites (lower-triangular) and banded across sites.
-        band: largest lag coupled along ``sequence`` (``None``: dense).
-        markov: Markov (bidiagonal inverse) coupling along ``sequence``, ``O(T)`` per child
-            (needs an int ``band``); ``"contrasts"``: Markov on the contrasts of the rotated
-            axes, dense on each child's mean slice (exact for additive tensor models).
-        dims: site name -> axis names, for axes not named by plates.
-        involve: further sites analysed with the decorrelated ones but sampled unchanged.
-
-    Returns:
-        The decorrelated model (a callable with the model's signature).
-    """
-    return DecorrelateMessenger(
-        model, config, rotate=rotate, sequence=sequence, band=band, markov=markov, dims=dims,
-        involve=involve,
-    )
-
-
-def freeze(model: Callable, coefficients: Mapping[str, Any]) -> Callable:
-    """Fixes decorrelation coefficients at given values (e.g. learned by SVI).
-
-    The coefficient sites become constants hidden from outer handlers: SVI does not train them
-    and NUTS sees a model without ``numpyro.param`` sites, i.e. a preconditioned model of the
-    same posterior. ``coefficients`` may hold other entries too (e.g. all of an SVI result's
-    params): only names of the model's own ``numpyro.param`` sites take effect. For a model
-    made by :func:`decorrelate`, every coefficient site is hidden, and those missing from
-    ``coefficients`` keep their initial values (no shift, centred).
-    """
-    names = set(coefficients)
-    owned = model.coefficient_names if isinstance(model, DecorrelateMessenger) else set()
-
-    def hide(msg: dict) -> bool:
-        return msg["type"] == "param" and (msg["name"] in names or msg["name"] in owned)
-
-    return numpyro.handlers.block(
-        numpyro.handlers.substitute(model, data=dict(coefficients)), hide_fn=hide
-    )

@@ -52,10 +52,11 @@ def model_key(model: Any) -> Hashable | None:
         return None if base is None else ("coefficients", base)
     if isinstance(model, DecorrelateMessenger):
         base = model_key(model.fn)
-        if base is None or callable(model.config) and not isinstance(model.config, Mapping):
+        if base is None or not model.resolved or (
+                callable(model.config) and not isinstance(model.config, Mapping)):
             return None
         return ("decorrelate", base, _frozen(model.config), model.structure,
-                _frozen(model.dims), model.involve)
+                _frozen(model.dims), model.involve, model.fixed_at is not None)
     return None
 
 

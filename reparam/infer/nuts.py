@@ -13,7 +13,7 @@ import numpy as np
 from numpyro.infer import MCMC, NUTS
 from numpyro.infer.initialization import init_to_value
 
-from reparam.handler import freeze
+from reparam.decorrelation import freeze
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,8 @@ from numpyro.infer import SVI, Predictive, Trace_ELBO
 from numpyro.infer.autoguide import AutoGuide, AutoLowRankMultivariateNormal, AutoNormal
 from numpyro.infer.initialization import init_to_value
 
-from reparam.handler import DecorrelateMessenger, freeze
+from reparam.decorrelation import freeze
+from reparam.handler import DecorrelateMessenger
 from reparam.infer.guide_init import initial_state
 from reparam.infer.nuts import NUTSRun, run_nuts
 from reparam.infer.refresh import train_with_refreshes
@@ -239,6 +240,8 @@ def fit_svi(
     optimizer and fixed coefficients share their compiled programs in this process.
     """
     decorrelated = model if isinstance(model, DecorrelateMessenger) else None
+    if decorrelated is not None and decorrelated.fixed_at is not None:
+        decorrelated = model = decorrelated.clone(*args, **kwargs)  # coefficients as params
     analysis = analysis if analysis is not None else decorrelated
     if analysis is None and local is None:
         raise ValueError("fit_svi on a plain model needs `analysis` to compute the start.")

@@ -35,6 +35,7 @@ from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
 
 from reparam.decenter import prior_scale
 from reparam.handler import DecorrelateMessenger
+from reparam.local.factor import cholesky, optimal_factor, positive_curvature
 from reparam.local.plan import LinearPlan, linear_plan
 from reparam.programs import PROGRAMS, Arguments, ProgramKey, model_key
 
@@ -113,6 +114,22 @@ class LocalGaussian:
             z, gradient, precision = self._compiled("expansion", build)(as_float64(point))
             return np.asarray(z), np.asarray(gradient), np.asarray(precision)
 
+    exact_newton = False  # one Newton step reaches the conditional mode (Gaussian surrogate)
+
+    def potential(self, point: Mapping[str, Any]) -> float:
+        """The model's potential (negative log joint, unconstrained) at ``point`` (float64)."""
+        model = self.model
+
+        def build():
+            def evaluate(args, kwargs, point):
+                unconstrained = unconstrain_fn(model.fn, args, kwargs, dict(point))
+                return potential_energy(model.fn, args, kwargs, unconstrained)
+
+            return evaluate
+
+        with jax.enable_x64(True):
+            return float(self._compiled("potential", build)(as_float64(point)))
+
     def precision(self, point: Mapping[str, Any]) -> np.ndarray:
         """Hessian of the potential in rotated unconstrained coordinates (float64)."""
         return self.expansion(point)[2]
@@ -121,16 +138,21 @@ class LocalGaussian:
         """One Newton step of the involved sites towards the local Gaussian mean.
 
         Returns the updated point (model coordinates; other sites unchanged) and the precision
-        at the original point. For a Gaussian likelihood with the other sites fixed this is
-        the exact conditional mean.
-
-        Raises:
-            ValueError: if the precision is not positive definite at ``point``.
+        at the original point (its saddle-free form where it is indefinite:
+        :func:`~reparam.local.factor.positive_curvature`). For a Gaussian likelihood with
+        the other sites fixed this is the exact conditional mean. Involved sites with
+        constrained support (a scale as a parent or child) are held where they are: a Newton
+        step along a scale away from the mode can run down a funnel; the real-valued sites
+        move to their conditional mode given them.
         """
         z, gradient, precision = self.expansion(point)
-        chol = _cholesky(precision)
-        step = scipy.linalg.cho_solve((chol, True), gradient)
+        precision = positive_curvature(precision)
         plan, model = self.plan, self.model
+        movable = np.concatenate([np.full(s.size, s.real_support) for s in plan.sites])
+        step = np.zeros_like(gradient)
+        if movable.any():
+            chol = cholesky(precision[np.ix_(movable, movable)])
+            step[movable] = scipy.linalg.cho_solve((chol, True), gradient[movable])
 
         def build():
             def to_model(args, kwargs, point, z_new):
@@ -152,7 +174,7 @@ class LocalGaussian:
         """Exact conditional coefficients at ``point``, projected onto the family (float64)."""
         if precision is None:
             precision = self.precision(point)
-        target = exact_local_target(self.plan, optimal_factor(precision))
+        target = exact_local_target(self.plan, optimal_factor(positive_curvature(precision)))
         with jax.enable_x64(True):
             project = self._compiled("project", lambda: _without_arguments(projector(self.plan)))
             projected = project(jnp.asarray(target, jnp.float64))
@@ -299,27 +321,6 @@ def _without_arguments(fn: Callable) -> Callable:
 def as_float64(values: Mapping[str, Any]) -> dict[str, Array]:
     """Casts every value to float64 (call under ``jax.enable_x64``)."""
     return {k: jnp.asarray(v, jnp.float64) for k, v in values.items()}
-
-
-def _cholesky(precision: np.ndarray) -> np.ndarray:
-    try:
-        return np.linalg.cholesky(precision)
-    except np.linalg.LinAlgError:
-        raise ValueError(
-            "The local precision is not positive definite at this point; evaluate it nearer "
-            "the posterior mode (e.g. at reparam.laplace_mode's point or an SVI median)."
-        ) from None
-
-
-def optimal_factor(precision: np.ndarray) -> np.ndarray:
-    """Unit lower-triangular ``N`` with ``N^{-T} P N^{-1}`` diagonal (reverse-order LDL).
-
-    Raises:
-        ValueError: if ``precision`` is not positive definite.
-    """
-    chol = _cholesky(np.asarray(precision, np.float64)[::-1, ::-1])
-    unit = chol / np.diag(chol)[None, :]
-    return unit.T[::-1, ::-1].copy()
 
 
 def exact_local_target(plan: LinearPlan, factor: np.ndarray) -> np.ndarray:

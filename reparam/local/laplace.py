@@ -1,5 +1,8 @@
 """Laplace-approximate mode of the sites that are not decorrelated (e.g. scale hyperparameters).
 
+Constrained sites that the decorrelation involves (a scale as a parent) count among those
+sites: they are optimised, not integrated out.
+
 The decorrelation coefficients depend on the values of the other latent sites ``h`` (for an
 additive model: the prior scales decide how a ridge is split between effects). Coefficients
 computed at a poor ``h`` feed back into a poor ``h`` during SVI, so training starts from
@@ -7,8 +10,9 @@ computed at a poor ``h`` feed back into a poor ``h`` during SVI, so training sta
     h* = argmax_h  log p(y, x_h, h) - 1/2 log det P(h)
 
 where ``x_h`` is the involved sites' mode given ``h`` (one Newton step, exact for a Gaussian
-likelihood) and ``P(h)`` their precision: the Laplace approximation of ``log p(y, h)`` with the
-involved sites integrated out (exact for a Gaussian likelihood). Everything is in unconstrained
+likelihood; :data:`INNER_NEWTON` steps from the conditional mode at the start otherwise) and
+``P(h)`` their precision: the Laplace approximation of ``log p(y, h)`` with the involved sites
+integrated out (exact for a Gaussian likelihood). Everything is in unconstrained
 coordinates (the potential includes the Jacobians), so ``h*`` is a posterior mode of the
 unconstrained ``h``; the inverse Hessian there gives its local spread.
 """
@@ -30,6 +34,7 @@ from reparam.local.analysis import LocalGaussian, as_float64, check_dense_fits
 from reparam.optim import hessian_by_differences, inverse_sds, minimize
 
 MAX_SPREAD_DIM = 64
+INNER_NEWTON = 10  # Newton steps to x_h inside the objective for a non-Gaussian likelihood
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,13 @@ class LaplaceMode:
     iterations: int
 
 
+def integrated(plan: Any) -> np.ndarray:
+    """Mask over the involved coordinates integrated out by the Laplace step: those of
+    real-valued sites. A constrained involved site (a scale as parent or child) is optimised
+    with the other sites instead: its curvature along a funnel is no Gaussian's."""
+    return np.concatenate([np.full(s.size, s.real_support) for s in plan.sites])
+
+
 def _objective(local: LocalGaussian, unflatten: Callable) -> tuple[Callable, Callable]:
     """``(objective, fun)`` as programs of the model's arguments (``f(args, kwargs, ...)``,
     :meth:`LocalGaussian._compiled`): ``objective(other, unconstrained)`` returns the negative
@@ -58,6 +70,7 @@ def _objective(local: LocalGaussian, unflatten: Callable) -> tuple[Callable, Cal
     Newton step (rotated coordinates); ``fun(flat, unconstrained)`` is that value at the
     flattened other sites ``h``."""
     plan, model = local.plan, local.model
+    steps = 1 if local.exact_newton else INNER_NEWTON
 
     def objective(args, kwargs, other: dict[str, Array], unconstrained: dict[str, Array]):
         base = {**unconstrained, **other}
@@ -67,10 +80,19 @@ def _objective(local: LocalGaussian, unflatten: Callable) -> tuple[Callable, Cal
             values = plan.split(plan.rotate(z_flat, inverse=True))
             return potential_energy(model.fn, args, kwargs, {**base, **values})
 
-        gradient = jax.grad(potential)(z0)
-        chol = jnp.linalg.cholesky(jax.hessian(potential)(z0))
-        step = jax.scipy.linalg.cho_solve((chol, True), gradient)
-        return potential(z0 - step) + jnp.sum(jnp.log(jnp.diag(chol))), z0 - step
+        moved = np.flatnonzero(integrated(plan))  # static: the real-valued involved sites
+
+        def newton(z):
+            gradient = jax.grad(potential)(z)[moved]
+            chol = jnp.linalg.cholesky(jax.hessian(potential)(z)[jnp.ix_(moved, moved)])
+            step = jax.scipy.linalg.cho_solve((chol, True), gradient)
+            return z.at[moved].add(-step), chol
+
+        z = z0
+        if steps > 1:  # a non-Gaussian likelihood: the conditional mode takes more steps
+            z = jax.lax.fori_loop(0, steps - 1, lambda _, z: newton(z)[0], z0)
+        z, chol = newton(z)
+        return potential(z) + jnp.sum(jnp.log(jnp.diag(chol))), z
 
     def fun(args, kwargs, flat: Array, unconstrained: dict[str, Array]) -> Array:
         return objective(args, kwargs, unflatten(flat), unconstrained)[0]
@@ -94,7 +116,7 @@ def laplace_mode(
     """
     plan = local.plan
     check_dense_fits(plan.dim)  # its objective holds the involved sites' dense Hessian
-    involved = {s.name for s in plan.sites}
+    involved = {s.name for s in plan.sites if s.real_support}  # integrated out
 
     with jax.enable_x64(True):
         unconstrained = local.unconstrained(as_float64(point))

@@ -162,6 +162,7 @@ def linear_plan(
     Raises:
         ValueError: if the config names unknown sites or a parent is sampled after its child.
     """
+    model.resolve(*args, **kwargs)
     trace = _trace_plain(model, point, args, kwargs)
     latent = [
         name

@@ -38,7 +38,7 @@ from tensorfact.methods.settings import (
     resolve_svi_start,
     seed_of,
 )
-from tensorfact.model.block_gaussian import BlockGaussian, block_support
+from tensorfact.model.block_gaussian import BlockGaussian, SurrogateGaussian, block_support
 from tensorfact.model.tensor import TensorModel
 from tensorfact.results.fit import Fit
 from tensorfact.results.labels import check_finite_draws, posterior_dataset
@@ -68,12 +68,13 @@ def exact_mode(start: str, model: TensorModel, data: TensorData,
 
 
 def block_analysis(analysis: reparam.DecorrelateMessenger, surrogate: TensorModel,
-                   point: Mapping[str, Any], arguments: tuple) -> BlockGaussian | None:
+                   point: Mapping[str, Any], arguments: tuple) -> reparam.LocalGaussian:
     """The start's local Gaussian analysis by Helmert blocks (no dense matrix over the
-    location effects: :mod:`tensorfact.model.block_gaussian`) where it applies, else ``None``
-    (the dense :class:`reparam.LocalGaussian`, or the matrix-free plain start)."""
+    location effects: :mod:`tensorfact.model.block_gaussian`) where it applies, else the
+    dense one (or, for a plain model, the matrix-free start :func:`reparam.initialize` picks);
+    both know that the surrogate is Gaussian, so one Newton step reaches the mode."""
     if block_support(surrogate, analysis) is not None:
-        return None
+        return SurrogateGaussian(analysis, point, *arguments)
     return BlockGaussian(analysis, surrogate, point, *arguments)
 
 

@@ -63,6 +63,14 @@ def block_support(tensor: TensorModel, decorrelated: DecorrelateMessenger) -> st
     return None
 
 
+class SurrogateGaussian(LocalGaussian):
+    """The dense :class:`reparam.LocalGaussian` of the tensor model's Gaussian surrogate
+    (:meth:`TensorModel.gaussian_surrogate`): the involved sites are Gaussian given the
+    others, so one Newton step reaches their conditional mode."""
+
+    exact_newton = True
+
+
 class BlockGaussian(LocalGaussian):
     """:class:`reparam.LocalGaussian` of the tensor model by Helmert blocks (module docstring).
 
@@ -79,6 +87,8 @@ class BlockGaussian(LocalGaussian):
     Raises:
         ValueError: if :func:`block_support` refuses the model.
     """
+
+    exact_newton = True  # the Gaussian surrogate of the tensor model: one step is exact
 
     def __init__(self, model: DecorrelateMessenger, tensor: TensorModel,
                  point: Mapping[str, Any], y: Any, mask: Any) -> None:

@@ -361,14 +361,17 @@ class TensorModel:
         dims = {**{site.name: site.dims for site in self.location_sites}, **self.step_sites}
         used = {d for site_dims in dims.values() for d in site_dims}  # rotate only axes in use
         sequence = spec.time if spec.time in used else None
+        config = {child: reparam.Affine(tuple(parents), decenter=True)
+                  for child, parents in self.decorrelation_config(decorrelate).items()}
         return reparam.decorrelate(
             self,
-            self.decorrelation_config(decorrelate),
+            config,
             rotate={d: "helmert" for d in spec.other_dims if d in used},
             sequence=sequence,
             markov="contrasts" if sequence is not None else False,
             dims=dims,
             involve=[site.name for site in self._decorrelatable_sites()] + list(self.step_sites),
+            coefficients="params",  # set by the fit's own start (tensorfact.methods.svi)
         )
 
     @functools.cached_property

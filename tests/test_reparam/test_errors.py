@@ -48,7 +48,8 @@ def test_axes_that_cannot_be_mapped():
     with pytest.raises(ValueError, match="axis '@-1' has length 3 in the parent and 4"):
         _run(reparam.decorrelate(model, {"b": ["a"]}))
     # naming the axes differently makes the parent enter through its mean: no error
-    named = reparam.decorrelate(model, {"b": ["a"]}, dims={"a": ("i",), "b": ("j",)})
+    named = reparam.decorrelate(model, {"b": ["a"]}, dims={"a": ("i",), "b": ("j",)},
+                                coefficients="params")
     assert _run(named)["b_shift_a"]["value"].shape == (4,)
 
 

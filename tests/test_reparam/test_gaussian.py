@@ -108,7 +108,7 @@ def test_svi_learns_the_conditional_coefficient():
         numpyro.sample("y", dist.Normal(mu + a, 1.0).expand([10]).to_event(1), obs=y)
 
     y = jnp.linspace(-1.0, 2.0, 10)
-    decorrelated = reparam.decorrelate(model, {"a": ["mu"]})
+    decorrelated = reparam.decorrelate(model, {"a": ["mu"]}, coefficients="params")
     guide = numpyro.infer.autoguide.AutoNormal(decorrelated)
     svi = numpyro.infer.SVI(
         decorrelated, guide, optax.adam(0.02), numpyro.infer.Trace_ELBO(num_particles=8)
@@ -215,7 +215,7 @@ def test_relative_steps_scale_location_updates():
 
 
 def test_freeze_hides_coefficients_from_svi():
-    model = reparam.decorrelate(ridge_model, {"a": ["mu"]})
+    model = reparam.decorrelate(ridge_model, {"a": ["mu"]}, coefficients="params")
     frozen = reparam.freeze(model, {"a_shift_mu": jnp.asarray(0.5), "unrelated": 1.0})
     trace = handlers.trace(handlers.seed(frozen, 0)).get_trace(RIDGE_Y)
     assert not [k for k, v in trace.items() if v["type"] == "param"]
@@ -237,7 +237,8 @@ def test_decentering_centredness_is_the_likelihood_share():
         a = numpyro.sample("a", dist.Normal(0.0, s).expand([4]).to_event(1))
         numpyro.sample("y", dist.Normal(a, 1.0).to_event(1), obs=y)
 
-    local = reparam.LocalGaussian(reparam.decorrelate(model, {"a": []}), {"s": 1.0, "a": y})
+    decentred = {"a": reparam.Affine(decenter=True)}
+    local = reparam.LocalGaussian(reparam.decorrelate(model, decentred), {"s": 1.0, "a": y})
     start = reparam.initialize(local, {"s": 1.0, "a": jnp.zeros(4)})
     s_star = float(start.point["s"])
     np.testing.assert_allclose(start.coefficients["a_scale_ref"], s_star, rtol=1e-6)
@@ -254,7 +255,7 @@ def _shift_model(y):
 
 def _initial_loss(y, recentre=True):
     """Mean-field ELBO loss (400 particles, fixed key) of the initialised guide."""
-    model = reparam.decorrelate(_shift_model, {"a": ["mu"]})
+    model = reparam.decorrelate(_shift_model, {"a": reparam.Affine(("mu",), decenter=True)})
     point = {"mu": float(y.mean()), "s": 1.0, "a": jnp.zeros(4)}
     start = reparam.initialize(reparam.LocalGaussian(model, point, y), point)
     coefficients = dict(start.coefficients)
@@ -357,3 +358,18 @@ def test_markov_family_cannot_marginalise_a_later_chain():
         True, rotate={"i": "helmert"}, sequence="t", band=4, markov=True
     )
     assert reparam.ceiling(local.plan, precision, steps=0).kl > 0.01
+
+
+def test_positive_curvature_is_the_saddle_free_form():
+    """An indefinite Hessian (away from the mode along a scale) becomes V |L| V^T; a positive
+    definite one is returned unchanged."""
+    from reparam.local.factor import positive_curvature
+
+    rng = np.random.default_rng(0)
+    vectors = np.linalg.qr(rng.normal(size=(4, 4)))[0]
+    indefinite = (vectors * np.array([3.0, -2.0, 0.5, -1e-12])) @ vectors.T
+    fixed = positive_curvature(indefinite)
+    np.testing.assert_allclose(fixed, (vectors * np.array([3.0, 2.0, 0.5, 3e-8])) @ vectors.T,
+                               atol=1e-10)
+    definite = indefinite @ indefinite.T + np.eye(4)
+    assert positive_curvature(definite) is definite

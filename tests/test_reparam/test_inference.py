@@ -31,6 +31,7 @@ PANEL = reparam.decorrelate(
     rotate={"i": "helmert"},
     sequence="t",
     dims=PANEL_DIMS,
+    coefficients="params",  # SVI trains them (test_unfrozen_coefficients_are_svi_params)
 )
 
 

@@ -17,6 +17,7 @@ import tensorfact
 from tensorfact import GrandMean, ModelSpec, Noise, Shrinkage, Temporal
 from tensorfact.methods.settings import refresh_steps
 from tensorfact.methods.svi import block_analysis
+from tensorfact.model.block_gaussian import BlockGaussian
 from tensorfact.model.tensor import TensorModel
 
 DIMS = ("i", "j", "t")
@@ -57,7 +58,7 @@ def refit_coefficients(fit: tensorfact.Fit) -> dict[str, np.ndarray]:
     model = tensor.decorrelated(fit.decorrelate)
     point = svi.median_point()
     local = block_analysis(model, tensor, point, svi.args)
-    assert local is not None  # the spec is one the block start covers
+    assert isinstance(local, BlockGaussian)  # the spec is one the block start covers
     return reparam.initialize(local, point, laplace=False).coefficients
 
 
