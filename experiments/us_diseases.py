@@ -67,6 +67,7 @@ from common import format_table, write_json  # noqa: E402
 
 import tensorfact  # noqa: E402
 import tensorfact.results.predictive  # noqa: E402
+from tensorfact.calibration import holdout_masks  # noqa: E402
 from tensorfact.datasets import us_contagious_diseases  # noqa: E402
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -74,42 +75,6 @@ SCALES = ("mu", "s_a", "s_b", "s_z", "s_A", "s_B", "s_C", "sigma")
 
 
 # -- held-out cells ----------------------------------------------------------------------------
-def holdout_masks(
-    data: xr.DataArray, seed: int, random_fraction: float = 0.1, series_fraction: float = 0.25,
-    horizon: int = 3,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Boolean masks (shaped like ``data``) of the random and the forecast hidden cells.
-
-    Forecast cells: the last ``horizon`` observed years of a random ``series_fraction`` of the
-    (disease, state) series having at least ``2 * horizon`` observed years. Random cells: a
-    random ``random_fraction`` of the observed cells outside the forecast cells. Cells whose
-    hiding would leave a disease, state or year without any observation stay in training.
-    """
-    rng = np.random.default_rng(seed)
-    observed = np.isfinite(data.values)
-    forecast = np.zeros_like(observed)
-    counts = observed.sum(-1)
-    eligible = np.argwhere(counts >= 2 * horizon)
-    chosen = eligible[rng.permutation(len(eligible))[: int(round(series_fraction * len(eligible)))]]
-    for d, s in chosen:
-        years = np.nonzero(observed[d, s])[0]
-        forecast[d, s, years[-horizon:]] = True
-    candidates = np.argwhere(observed & ~forecast)
-    count = int(round(random_fraction * observed.sum()))
-    picked = candidates[rng.permutation(len(candidates))[:count]]
-    random = np.zeros_like(observed)
-    random[tuple(picked.T)] = True
-    for mask in (forecast, random):  # keep every slice identified
-        for axis in range(3):
-            other = tuple(a for a in range(3) if a != axis)
-            empty = ~(observed & ~forecast & ~random).any(axis=other)
-            if empty.any():
-                index = [slice(None)] * 3
-                index[axis] = np.nonzero(empty)[0]
-                mask[tuple(index)] = False
-    return random, forecast
-
-
 def additive_baseline(train: np.ndarray) -> np.ndarray:
     """Least-squares ``mu + a[i] + b[j] + C[i,j]`` (no time dynamics) for every cell.
 

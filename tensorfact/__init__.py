@@ -13,6 +13,7 @@ Typical use::
 
 from reparam.infer.svi import NonFiniteLoss
 from tensorfact.api import check_inputs, fit, load
+from tensorfact.calibration import Calibration, calibrate
 from tensorfact.data import TensorData, as_tensor_data
 from tensorfact.model.tensor import TensorModel
 from tensorfact.plot import plot_effect, plot_elbo
@@ -29,6 +30,7 @@ from tensorfact.spec import (
 )
 
 __all__ = [
+    "Calibration",
     "Fit",
     "GrandMean",
     "ModelSpec",
@@ -39,6 +41,7 @@ __all__ = [
     "TensorData",
     "TensorModel",
     "as_tensor_data",
+    "calibrate",
     "check_inputs",
     "default_spec",
     "fit",

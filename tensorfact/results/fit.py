@@ -241,6 +241,16 @@ class Fit:
         values = np.quantile(draws.reshape((-1,) + draws.shape[2:]), quantiles, axis=0)
         return self.data.to_dataarray(values, leading={"quantile": quantiles})
 
+    # -- checks ---------------------------------------------------------------------------
+    def ppc(self) -> xr.Dataset:
+        """Residual scale vs the model's noise scale and residual lag-1 autocorrelation per
+        ``(i, j)`` series of the observed cells (:func:`tensorfact.results.ppc.ppc`); the
+        held-out check is :func:`tensorfact.calibrate` (it refits, so it lives above the
+        fit methods, not on the result)."""
+        from tensorfact.results.ppc import ppc
+
+        return ppc(self)
+
     # -- plots (matplotlib imported lazily) ---------------------------------------------------
     def plot_elbo(self, ax: Any = None, *, log_steps: bool = True, smooth: int = 100,
                   label: str | None = None) -> Any:
