@@ -10,7 +10,8 @@ computed at a poor ``h`` feed back into a poor ``h`` during SVI, so training sta
     h* = argmax_h  log p(y, x_h, h) - 1/2 log det P(h)
 
 where ``x_h`` is the involved sites' mode given ``h`` (one Newton step, exact for a Gaussian
-likelihood; :data:`INNER_NEWTON` steps from the conditional mode at the start otherwise) and
+likelihood, recognised by its precision not moving with a Newton step; :data:`INNER_NEWTON`
+steps from the conditional mode at the start otherwise) and
 ``P(h)`` their precision: the Laplace approximation of ``log p(y, h)`` with the involved sites
 integrated out (exact for a Gaussian likelihood). Everything is in unconstrained
 coordinates (the potential includes the Jacobians), so ``h*`` is a posterior mode of the
@@ -31,6 +32,7 @@ from jax.flatten_util import ravel_pytree
 from numpyro.infer.util import constrain_fn, potential_energy
 
 from reparam.local.analysis import LocalGaussian, as_float64, check_dense_fits
+from reparam.local.factor import positive_curvature
 from reparam.optim import hessian_by_differences, inverse_sds, minimize
 
 MAX_SPREAD_DIM = 64
@@ -63,14 +65,26 @@ def integrated(plan: Any) -> np.ndarray:
     return np.concatenate([np.full(s.size, s.real_support) for s in plan.sites])
 
 
-def _objective(local: LocalGaussian, unflatten: Callable) -> tuple[Callable, Callable]:
+def inner_steps(local: LocalGaussian, point: Mapping[str, Any]) -> int:
+    """Newton steps to ``x_h`` in the objective: 1 where the involved sites are Gaussian given
+    the others (``local.exact_newton``, or the local precision the same at ``point`` and one
+    Newton step on: the potential is quadratic in them), else :data:`INNER_NEWTON`."""
+    if local.exact_newton:
+        return 1
+    moved, before = local.newton(point)
+    after = positive_curvature(local.precision(moved))
+    scale = float(np.max(np.abs(before))) if before.size else 0.0
+    return 1 if np.allclose(after, before, rtol=1e-6, atol=1e-9 * scale) else INNER_NEWTON
+
+
+def _objective(local: LocalGaussian, unflatten: Callable,
+               steps: int) -> tuple[Callable, Callable]:
     """``(objective, fun)`` as programs of the model's arguments (``f(args, kwargs, ...)``,
     :meth:`LocalGaussian._compiled`): ``objective(other, unconstrained)`` returns the negative
     Laplace objective ``-log p(y, x_h, h) + 1/2 log det P(h)`` and ``x_h``, the involved sites'
     Newton step (rotated coordinates); ``fun(flat, unconstrained)`` is that value at the
     flattened other sites ``h``."""
     plan, model = local.plan, local.model
-    steps = 1 if local.exact_newton else INNER_NEWTON
 
     def objective(args, kwargs, other: dict[str, Array], unconstrained: dict[str, Array]):
         base = {**unconstrained, **other}
@@ -125,8 +139,9 @@ def laplace_mode(
         x0 = np.asarray(x0)
         # compiled once per model, plan and argument shapes (reparam.programs.PROGRAMS): a
         # second fit of the same model shape reuses them (the model's arguments are traced)
-        objective, fun = _objective(local, unflatten)
-        evaluate = local._compiled("laplace_value", lambda: fun)
+        steps = inner_steps(local, point)
+        objective, fun = _objective(local, unflatten, steps)
+        evaluate = local._compiled(f"laplace_value_{steps}", lambda: fun)
         value0 = float(evaluate(jnp.asarray(x0), unconstrained))
         if not np.isfinite(value0):
             raise ValueError(
@@ -135,7 +150,7 @@ def laplace_mode(
             )
         if names:
             value_and_grad = local._compiled(
-                "laplace_value_and_grad", lambda: jax.value_and_grad(fun, argnums=2))
+                f"laplace_value_and_grad_{steps}", lambda: jax.value_and_grad(fun, argnums=2))
             result = minimize(evaluate, jnp.asarray(x0), args=(unconstrained,),
                               max_iterations=max_iterations, value_and_grad=value_and_grad)
             best, value, iterations = result.x, result.value, result.iterations
@@ -146,7 +161,8 @@ def laplace_mode(
         else:  # nothing to optimise: the mode is the involved sites' Newton step
             best, value, iterations, sd_flat = jnp.asarray(x0), value0, 0, np.zeros(0)
         other = unflatten(best)
-        _, z_mode = local._compiled("laplace_mode", lambda: objective)(other, unconstrained)
+        _, z_mode = local._compiled(f"laplace_mode_{steps}", lambda: objective)(
+            other, unconstrained)
         values = plan.split(plan.rotate(z_mode, inverse=True))
         constrained = constrain_fn(local.model.fn, local.args, local.kwargs,
                                    {**unconstrained, **other, **values})
